@@ -1,0 +1,335 @@
+"""The desired Kubernetes children of one SFTJob attempt, as plain dicts.
+
+`render()` is the single builder: the operator applies its output and `sftctl render` prints it.
+Per job: ServiceAccount, Role, RoleBinding (the least-privilege progress channel).
+Per attempt: ConfigMap (resolved trainer config), headless Service, Indexed Job.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any, Mapping
+
+import yaml
+
+from .conditions import NON_RETRYABLE_EXIT_CODES
+from .rbac import trainer_rules
+from .settings import OperatorSettings
+
+__all__ = [
+    "render",
+    "job_name",
+    "service_name",
+    "configmap_name",
+    "trainer_sa_name",
+    "labels",
+    "spec_dict",
+    "LABEL_JOB",
+    "LABEL_ATTEMPT",
+    "QUEUE_LABEL",
+    "CONTAINER",
+    "GROUP",
+    "VERSION",
+    "PLURAL",
+    "KIND",
+]
+
+GROUP, VERSION, PLURAL, KIND = "sft.dev", "v1alpha1", "sftjobs", "SFTJob"
+LABEL_JOB = "sft.dev/job-name"
+LABEL_ATTEMPT = "sft.dev/attempt"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+CONFIG_DIR = "/etc/sft"
+CONFIG_FILE = "job.yaml"
+TRAINER_COMMAND = ["python", "-m", "sft_trainer", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+GPU = "nvidia.com/gpu"
+
+
+def _dns_name(base: str, suffix: str, limit: int = 63) -> str:
+    """`base + suffix`, shortened with a stable hash when it would exceed a DNS label."""
+    name = f"{base}{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{base[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def job_name(name: str, attempt: int) -> str:
+    # Pod hostnames are `<job>-<index>`; keep room for the index within 63 characters.
+    return _dns_name(name, f"-a{attempt}", limit=56)
+
+
+def service_name(name: str, attempt: int) -> str:
+    return job_name(name, attempt)
+
+
+def configmap_name(name: str, attempt: int) -> str:
+    return _dns_name(name, f"-a{attempt}-config", limit=253)
+
+
+def trainer_sa_name(name: str) -> str:
+    return _dns_name(name, "-trainer", limit=253)
+
+
+def labels(name: str, attempt: int) -> dict[str, str]:
+    return {
+        LABEL_JOB: name,
+        LABEL_ATTEMPT: str(attempt),
+        "app.kubernetes.io/name": "sft-trainer",
+        "app.kubernetes.io/managed-by": "sft-operator",
+    }
+
+
+def _as_body(job: Any) -> dict:
+    """Accept the pydantic SFTJob or a raw object body; return the camelCase body."""
+    if isinstance(job, Mapping):
+        return dict(job)
+    dump = getattr(job, "model_dump", None)
+    if dump is None:
+        raise TypeError(f"expected an SFTJob or a mapping, got {type(job).__name__}")
+    return dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def spec_dict(job: Any) -> dict:
+    return _as_body(job).get("spec") or {}
+
+
+def _owner_refs(meta: Mapping) -> list[dict]:
+    uid = meta.get("uid")
+    if not uid:  # client-side render (`sftctl render`): the object does not exist yet
+        return []
+    return [
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta["name"],
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def _meta(name: str, namespace: str, lbls: dict, owners: list[dict], **extra) -> dict:
+    m = {"name": name, "namespace": namespace, "labels": dict(lbls)}
+    if owners:
+        m["ownerReferences"] = copy.deepcopy(owners)
+    m.update(extra)
+    return m
+
+
+def _quantity_key(resources: dict, section: str) -> dict:
+    return dict(resources.get(section) or {})
+
+
+def _resources(workers: Mapping, settings: OperatorSettings) -> dict:
+    user = workers.get("resources") or {}
+    out: dict[str, dict] = {}
+    for section in ("requests", "limits"):
+        merged = {**_quantity_key(settings.default_resources, section), **_quantity_key(user, section)}
+        if merged:
+            out[section] = {k: str(v) for k, v in merged.items()}
+    gpus = int(workers.get("gpusPerNode") or 0)
+    if gpus > 0:
+        # Extended resources must have requests == limits.
+        out.setdefault("limits", {})[GPU] = str(gpus)
+        out.setdefault("requests", {})[GPU] = str(gpus)
+    return out
+
+
+def resolved_config(body: Mapping, namespace: str) -> str:
+    """The trainer's config file: the SFTJob itself (defaults resolved), without status."""
+    meta = body.get("metadata") or {}
+    doc = {
+        "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "kind": KIND,
+        "metadata": {"name": meta.get("name"), "namespace": namespace},
+        "spec": body.get("spec") or {},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _env(name: str, namespace: str, attempt: int, spec: Mapping, settings: OperatorSettings, svc: str, jname: str) -> list[dict]:
+    workers = spec.get("workers") or {}
+    nodes = int(workers.get("nodes") or 1)
+    nproc = max(int(workers.get("gpusPerNode") or 0), 1)
+    rank_ref = {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    rendezvous = {
+        "MASTER_ADDR": f"{jname}-0.{svc}",
+        "MASTER_PORT": str(settings.master_port),
+        "NNODES": str(nodes),
+        "NPROC_PER_NODE": str(nproc),
+        "WORLD_SIZE": str(nodes * nproc),
+    }
+    env: list[dict] = []
+    for key, value in rendezvous.items():
+        env.append({"name": key, "value": value})
+    env.append({"name": "NODE_RANK", "valueFrom": copy.deepcopy(rank_ref)})
+    for key, value in rendezvous.items():
+        env.append({"name": f"PET_{key}", "value": value})
+    env.append({"name": "PET_NODE_RANK", "valueFrom": copy.deepcopy(rank_ref)})
+    env += [
+        {"name": "SFT_JOB_NAME", "value": name},
+        {"name": "SFT_JOB_NAMESPACE", "value": namespace},
+        {"name": "SFT_ATTEMPT", "value": str(attempt)},
+        # Attempt > 1 continues from the latest committed checkpoint; the trainer checks it anyway.
+        {"name": "SFT_RESUME", "value": "latest" if attempt > 1 else "auto"},
+        {"name": "SFT_METRICS_PORT", "value": str(settings.trainer_metrics_port)},
+        {"name": "SFT_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
+    storage = spec.get("storage") or {}
+    endpoint = storage.get("endpoint") or settings.storage_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": str(endpoint)})
+    env += [copy.deepcopy(e) for e in workers.get("env") or []]
+    return env
+
+
+def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, settings: OperatorSettings, owners: list[dict]) -> dict:
+    workers = spec.get("workers") or {}
+    nodes = int(workers.get("nodes") or 1)
+    jname = job_name(name, attempt)
+    svc = service_name(name, attempt)
+    lbls = labels(name, attempt)
+    job_labels = dict(lbls)
+    queue = ((body.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL)
+    if queue:
+        job_labels[QUEUE_LABEL] = queue
+    storage = spec.get("storage") or {}
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": workers.get("image") or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(TRAINER_COMMAND),
+        "env": _env(name, namespace, attempt, spec, settings, svc, jname),
+        "ports": [
+            {"name": "rendezvous", "containerPort": settings.master_port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"},
+        ],
+        "resources": _resources(workers, settings),
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if storage.get("secretRef"):
+        container["envFrom"] = [{"secretRef": {"name": storage["secretRef"]}}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": svc,
+        "serviceAccountName": trainer_sa_name(name),
+        "automountServiceAccountToken": True,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+            {"name": "config", "configMap": {"name": configmap_name(name, attempt)}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        if workers.get(key):
+            pod_spec[key] = copy.deepcopy(workers[key])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(jname, namespace, job_labels, owners),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": nodes,
+            "parallelism": nodes,
+            # The operator restarts the whole gang itself: one pod failure fails the Job.
+            "backoffLimit": 0,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER,
+                            "operator": "In",
+                            "values": sorted(NON_RETRYABLE_EXIT_CODES),
+                        },
+                    },
+                    {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
+            # Kueue admits the Job by unsuspending it.
+            "suspend": bool(queue),
+            "template": {"metadata": {"labels": dict(lbls)}, "spec": pod_spec},
+        },
+    }
+
+
+def render(job: Any, *, attempt: int = 1, settings: OperatorSettings | None = None) -> list[dict]:
+    """Every Kubernetes object for `attempt` of `job` (an SFTJob model or its camelCase body)."""
+    settings = settings or OperatorSettings.from_env()
+    body = _as_body(job)
+    meta = body.get("metadata") or {}
+    name = meta.get("name")
+    if not name:
+        raise ValueError("metadata.name: required to render children")
+    namespace = meta.get("namespace") or "default"
+    spec = body.get("spec") or {}
+    owners = _owner_refs(meta)
+    lbls = labels(name, attempt)
+    sa = trainer_sa_name(name)
+    svc = service_name(name, attempt)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(sa, namespace, lbls, owners),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(sa, namespace, lbls, owners),
+            "rules": trainer_rules(name),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(sa, namespace, lbls, owners),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(configmap_name(name, attempt), namespace, lbls, owners),
+            "data": {CONFIG_FILE: resolved_config(body, namespace)},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(svc, namespace, lbls, owners),
+            "spec": {
+                "clusterIP": "None",
+                # Rank 0 must resolve before every pod is Ready, or the rendezvous never forms.
+                "publishNotReadyAddresses": True,
+                "selector": {LABEL_JOB: name, LABEL_ATTEMPT: str(attempt)},
+                "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
+            },
+        },
+        _job(name, namespace, attempt, body, spec, settings, owners),
+    ]

@@ -1,0 +1,85 @@
+"""Operator settings, read once from the environment (the Helm chart sets these as container env).
+
+Every field has a default that works for a plain `kopf run`; tests shorten the timers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["OperatorSettings", "load_settings"]
+
+
+def _env(name: str, default: Any, cast=str) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is invalid: {exc}") from None
+
+
+def _json_dict(raw: str) -> dict:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    # -- image used when spec.workers.image is empty
+    trainer_image: str = "ghcr.io/sft-operator/trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    # -- resources merged under the user's workers.resources (user values win)
+    default_resources: dict = field(default_factory=dict)
+    # -- S3 endpoint used when spec.storage.endpoint is null (e.g. an in-cluster SeaweedFS/MinIO)
+    storage_endpoint: str | None = None
+    # -- torch.distributed rendezvous port on rank 0
+    master_port: int = 29500
+    # -- port of the trainer's Prometheus endpoint (named container port `metrics`)
+    trainer_metrics_port: int = 9400
+    # -- seconds a trainer pod gets after SIGTERM to save and commit a checkpoint
+    termination_grace_seconds: int = 600
+    # -- size limit of the memory-backed /dev/shm
+    shm_size: str = "16Gi"
+    # -- preemption cap when spec.failurePolicy has none (preemptions are not the job's fault)
+    max_preemptions: int = 20
+    # -- how often every SFTJob is reconciled even without events (stall, deadline, TTL clocks)
+    resync_seconds: float = 15.0
+    # -- operator metrics port (/metrics)
+    metrics_port: int = 8080
+    # -- liveness/readiness endpoint for kopf (`/healthz`)
+    health_port: int = 8081
+    # -- run as the trainer pods' user (restricted PSS needs a non-root uid)
+    run_as_user: int = 1000
+
+    @classmethod
+    def from_env(cls) -> "OperatorSettings":
+        d = cls()
+        return cls(
+            trainer_image=_env("SFT_TRAINER_IMAGE", d.trainer_image),
+            image_pull_policy=_env("SFT_IMAGE_PULL_POLICY", d.image_pull_policy),
+            default_resources=_env("SFT_DEFAULT_RESOURCES", {}, _json_dict),
+            storage_endpoint=_env("SFT_STORAGE_ENDPOINT", None),
+            master_port=_env("SFT_MASTER_PORT", d.master_port, int),
+            trainer_metrics_port=_env("SFT_TRAINER_METRICS_PORT", d.trainer_metrics_port, int),
+            termination_grace_seconds=_env("SFT_TERMINATION_GRACE_SECONDS", d.termination_grace_seconds, int),
+            shm_size=_env("SFT_SHM_SIZE", d.shm_size),
+            max_preemptions=_env("SFT_MAX_PREEMPTIONS", d.max_preemptions, int),
+            resync_seconds=_env("SFT_RESYNC_SECONDS", d.resync_seconds, float),
+            metrics_port=_env("SFT_OPERATOR_METRICS_PORT", d.metrics_port, int),
+            health_port=_env("SFT_OPERATOR_HEALTH_PORT", d.health_port, int),
+            run_as_user=_env("SFT_RUN_AS_USER", d.run_as_user, int),
+        )
+
+    def describe(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def load_settings() -> OperatorSettings:
+    return OperatorSettings.from_env()
