@@ -1,0 +1,1 @@
+"""Failure and lifecycle policies, one small module each, each with its own table-driven test."""

@@ -1,0 +1,107 @@
+"""Restart policy: classify what failed in the current attempt and decide restart or fail.
+
+Priority when several pods fail together (peers of a dead rank usually crash too):
+non-retryable trainer exit code > disruption (preemption) > OOMKilled > other exit codes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..conditions import DISRUPTION_REASONS, NON_RETRYABLE_EXIT_CODES, Reason
+from ..observe import JobObs, PodObs
+from .preemption import disruption_of, job_disruption
+
+__all__ = ["Failure", "Decision", "pod_failure", "classify", "decide"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: Reason
+    message: str
+    pod: str | None = None
+
+    @property
+    def disruption(self) -> bool:
+        return self.reason in DISRUPTION_REASONS
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason not in NON_RETRYABLE_EXIT_CODES.values()
+
+    @property
+    def rank(self) -> int:
+        if not self.retryable:
+            return 0
+        if self.disruption:
+            return 1
+        if self.reason == Reason.OOM_KILLED:
+            return 2
+        return 3
+
+
+@dataclass(frozen=True)
+class Decision:
+    restart: bool  # False: the job fails now
+    reason: Reason  # condition reason for the Restarting or Failed condition
+    message: str
+    counts_as: str | None  # "restarts" | "preemptions" | None (fails)
+    failure: Failure
+
+
+def pod_failure(pod: PodObs, missing_nodes: frozenset[str] | set[str] = frozenset()) -> Failure | None:
+    disrupted = disruption_of(pod, missing_nodes)
+    if disrupted is not None:
+        return Failure(disrupted[0], disrupted[1], pod.name)
+    if not pod.failed:
+        return None
+    code = pod.exit_code
+    if code in NON_RETRYABLE_EXIT_CODES:
+        reason = NON_RETRYABLE_EXIT_CODES[code]
+        return Failure(reason, f"{pod.label} exited with code {code} ({reason})", pod.name)
+    if pod.term_reason == "OOMKilled":
+        return Failure(Reason.OOM_KILLED, f"{pod.label} was OOMKilled (exit code {code})", pod.name)
+    if code is not None:
+        return Failure(Reason.POD_FAILED, f"{pod.label} exited with code {code}", pod.name)
+    why = pod.status_reason or "unknown reason"
+    return Failure(Reason.POD_FAILED, f"{pod.label} failed: {why} {pod.status_message or ''}".strip(), pod.name)
+
+
+_EXIT = re.compile(r"failed with exit code (\d+)")
+
+
+def _job_failure(job: JobObs) -> Failure | None:
+    """Fallback when the Job failed but the failed pod is no longer visible."""
+    if job.failed_reason is None:
+        return None
+    disrupted = job_disruption(job)
+    if disrupted is not None:
+        return Failure(disrupted[0], disrupted[1])
+    m = _EXIT.search(job.failed_message or "")
+    if m and int(m.group(1)) in NON_RETRYABLE_EXIT_CODES:
+        code = int(m.group(1))
+        return Failure(NON_RETRYABLE_EXIT_CODES[code], f"Job {job.name}: exit code {code}: {job.failed_message}")
+    return Failure(Reason.POD_FAILED, f"Job {job.name} failed ({job.failed_reason}): {job.failed_message}")
+
+
+def classify(job: JobObs | None, pods: Iterable[PodObs], missing_nodes: frozenset[str] | set[str] = frozenset()) -> Failure | None:
+    failures = [f for f in (pod_failure(p, missing_nodes) for p in pods) if f is not None]
+    if failures:
+        return min(failures, key=lambda f: (f.rank, f.pod or ""))
+    return _job_failure(job) if job is not None else None
+
+
+def decide(failure: Failure, *, restarts: int, preemptions: int, max_restarts: int, max_preemptions: int) -> Decision:
+    if not failure.retryable:
+        return Decision(False, failure.reason, failure.message, None, failure)
+    if failure.disruption:
+        if preemptions >= max_preemptions:
+            msg = f"preemptions exhausted ({preemptions}/{max_preemptions}); last: {failure.message}"
+            return Decision(False, Reason.MAX_PREEMPTIONS, msg, None, failure)
+        return Decision(True, failure.reason, failure.message, "preemptions", failure)
+    if restarts >= max_restarts:
+        msg = f"restarts exhausted ({restarts}/{max_restarts}); last failure: {failure.message}"
+        return Decision(False, Reason.MAX_RESTARTS, msg, None, failure)
+    return Decision(True, failure.reason, failure.message, "restarts", failure)
