@@ -1,0 +1,120 @@
+"""`sftctl dev-cluster up | down | status | env | build`: a local Kubernetes control plane with
+kwok GPU nodes, for development and tests. Mounted by sftctl as a typer sub-app."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sft_operator.devcluster import build as build_mod
+from sft_operator.devcluster.build import BuildError
+from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports
+from sft_operator.devcluster.tools import ToolError, kubectl
+
+app = typer.Typer(help="A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler) "
+                       "with kwok GPU nodes. No Docker needed.", no_args_is_help=True)
+
+StateDir = typer.Option(None, "--state-dir", help="Where the cluster keeps its files "
+                        "[default: $SFT_STATE or ~/.local/state/sft-operator/dev-cluster]")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    nodes: int = typer.Option(4, min=0, help="Number of kwok GPU nodes."),
+    gpus_per_node: int = typer.Option(8, min=0, help="nvidia.com/gpu capacity of each node."),
+    port_base: Optional[int] = typer.Option(None, help="Use ports N (apiserver), N+1 (etcd), N+2 (etcd peer), "
+                                            "N+3 (controller-manager), N+4 (scheduler), N+5 (kwok)."),
+    state_dir: Optional[Path] = StateDir,
+) -> None:
+    """Start the cluster (idempotent: a running one is left alone; nodes are added up to --nodes)."""
+    ports = None
+    if port_base is not None:
+        if not 1024 <= port_base <= 65530:
+            _fail(ValueError(f"--port-base {port_base}: must be between 1024 and 65530"))
+        ports = Ports(*(port_base + i for i in range(6)))
+    try:
+        info = DevCluster(state_dir).up(nodes=nodes, gpus_per_node=gpus_per_node, ports=ports)
+    except (ClusterError, BuildError, ToolError) as e:
+        _fail(e)
+    typer.echo(f"dev cluster running: {info.server}, {len(info.nodes)} kwok GPU node(s) "
+               f"with nvidia.com/gpu={gpus_per_node}")
+    typer.echo(f"kubeconfig: {info.kubeconfig}")
+    typer.echo("use it with:")
+    typer.echo(f"  export KUBECONFIG={shlex.quote(str(info.kubeconfig))}")
+    typer.echo(f"  export PATH={shlex.quote(str(kubectl().parent))}:$PATH   # kubectl and helm from the venv")
+    typer.echo("  kubectl get nodes")
+
+
+@app.command()
+def down(
+    purge: bool = typer.Option(False, help="Also delete the state dir (etcd data, certificates, kubeconfig)."),
+    state_dir: Optional[Path] = StateDir,
+) -> None:
+    """Stop every process the cluster started (also after a crash) and free its ports."""
+    try:
+        stopped = DevCluster(state_dir).down(purge=purge)
+    except ClusterError as e:
+        _fail(e)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    state_dir: Optional[Path] = StateDir,
+) -> None:
+    """Say which components run, with their pids, ports and logs. Exit 1 unless all run."""
+    c = DevCluster(state_dir)
+    st = c.status()
+    cfg = c.load_config()
+    if as_json:
+        typer.echo(json.dumps({
+            "state_dir": str(c.state_dir), "kubeconfig": str(c.kubeconfig) if cfg else None,
+            "components": [{"name": s.name, "pid": s.pid, "running": s.running, "ports": s.ports,
+                            "log": str(s.log)} for s in st],
+        }, indent=1))
+    else:
+        if cfg is None:
+            typer.echo(f"no dev cluster in {c.state_dir}")
+        for s in st:
+            state = typer.style("running", fg=typer.colors.GREEN) if s.running else typer.style(
+                "stopped", fg=typer.colors.RED)
+            ports = ",".join(map(str, s.ports))
+            typer.echo(f"{s.name:<24} {state:<8} pid={s.pid or '-':<8} ports={ports:<12} log={s.log}")
+        if cfg:
+            typer.echo(f"kubeconfig: {c.kubeconfig}")
+    raise typer.Exit(0 if all(s.running for s in st) else 1)
+
+
+@app.command()
+def env(state_dir: Optional[Path] = StateDir) -> None:
+    """Print shell exports for the cluster: eval "$(sftctl dev-cluster env)"."""
+    c = DevCluster(state_dir)
+    if c.load_config() is None:
+        _fail(ClusterError(f"no dev cluster in {c.state_dir} (run `sftctl dev-cluster up`)"))
+    typer.echo(f"export KUBECONFIG={shlex.quote(str(c.kubeconfig))}")
+    try:
+        typer.echo(f"export PATH={shlex.quote(str(kubectl().parent))}:$PATH")
+    except ToolError:
+        pass
+
+
+@app.command("build")
+def build_cmd(force: bool = typer.Option(False, help="Rebuild even if cached binaries exist.")) -> None:
+    """Build (or reuse) etcd, kube-apiserver, controller-manager, scheduler and kwok from the Go module proxy."""
+    rc = build_mod.main(["--force"] if force else [])
+    raise typer.Exit(rc)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,243 @@
+"""Pytest fixtures for tests against real servers on 127.0.0.1: the dev cluster (kube-apiserver,
+etcd, controller-manager, scheduler, kwok), SeaweedFS S3 and Prometheus.
+
+Loaded from tests/conftest.py with ``pytest_plugins = ["sft_operator.devcluster.pytest_plugin"]``.
+
+A broken environment makes these fixtures *fail* with the cause, never skip: CI must not go green
+without having run the tests.
+
+Environment:
+  SFT_TEST_KUBECONFIG   use this running cluster (e.g. `sftctl dev-cluster up`'s kubeconfig)
+                        instead of starting a private one for the session.
+  SFT_TEST_NODES        kwok GPU nodes of the session cluster (default 4).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CRD_FILE = REPO_ROOT / "crds" / "sftjob.yaml"
+CRD_NAME = "sftjobs.sft.dev"
+
+# Fixtures that need the cluster; tests using them get the `cluster` marker automatically.
+_CLUSTER_FIXTURES = {"dev_cluster", "kube_api", "namespace", "sftjob_crd", "kwok_pods", "kubectl"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def _fail(what: str, e: BaseException) -> None:
+    pytest.fail(f"{what}: {e}", pytrace=False)
+
+
+def _info_from_kubeconfig(path: Path):
+    import yaml
+
+    from sft_operator.devcluster.cluster import ClusterInfo, Ports
+
+    cfg = yaml.safe_load(path.read_text())
+    ctx_name = cfg.get("current-context")
+    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+    user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
+    if "token" not in user:
+        raise ValueError(f"{path}: the fixtures need a token user (as `sftctl dev-cluster up` writes)")
+    port = int(cluster["server"].rsplit(":", 1)[1].rstrip("/"))
+    return ClusterInfo(state_dir=path.parent, kubeconfig=path, server=cluster["server"], token=user["token"],
+                       ca_file=Path(cluster["certificate-authority"]), ports=Ports(apiserver=port),
+                       nodes=[], pids={})
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(tmp_path_factory):
+    """ClusterInfo of a real control plane with kwok GPU nodes (4 x nvidia.com/gpu=8 by default)."""
+    from sft_operator.devcluster.build import BuildError
+    from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports
+    from sft_operator.devcluster.tools import ToolError
+
+    external = os.environ.get("SFT_TEST_KUBECONFIG")
+    if external:
+        try:
+            info = _info_from_kubeconfig(Path(external))
+        except Exception as e:
+            _fail(f"SFT_TEST_KUBECONFIG={external} is not usable", e)
+        yield info
+        return
+    state = tmp_path_factory.mktemp("devcluster")
+    cluster = DevCluster(state)
+    t = time.monotonic()
+    try:
+        info = cluster.up(nodes=int(os.environ.get("SFT_TEST_NODES", "4")), ports=Ports.free())
+    except (ClusterError, BuildError, ToolError) as e:
+        cluster.down()
+        _fail("the dev cluster did not start", e)
+    info.startup_seconds = time.monotonic() - t
+    try:
+        yield info
+    finally:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def kube_api(dev_cluster):
+    """A kubernetes.client.ApiClient with admin rights on the dev cluster."""
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.host = dev_cluster.server
+    cfg.api_key = {"authorization": dev_cluster.token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    cfg.ssl_ca_cert = str(dev_cluster.ca_file)
+    api = client.ApiClient(cfg)
+    try:
+        client.VersionApi(api).get_code()
+    except Exception as e:
+        _fail(f"the apiserver at {dev_cluster.server} does not answer", e)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def kubectl(dev_cluster):
+    """run(*args, input=None, check=True) -> CompletedProcess: kubectl against the dev cluster."""
+    from sft_operator.devcluster.tools import kubectl as kubectl_path
+
+    exe = str(kubectl_path())
+
+    def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run([exe, "--kubeconfig", str(dev_cluster.kubeconfig), *args], input=input,
+                           capture_output=True, text=True, timeout=120)
+        if check and p.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p
+
+    return run
+
+
+@pytest.fixture
+def namespace(kube_api, request):
+    """A fresh namespace for one test (its default ServiceAccount exists), deleted afterwards."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(kube_api)
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{base}-{secrets.token_hex(3)}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"sft.dev/test": "1"})))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except ApiException as e:
+            if e.status != 404 or time.monotonic() > deadline:
+                _fail(f"namespace {name}: the default ServiceAccount never appeared", e)
+            time.sleep(0.1)
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+@pytest.fixture(scope="session")
+def sftjob_crd(kubectl, kube_api):
+    """Installs crds/sftjob.yaml on the dev cluster and waits until it is Established."""
+    if not CRD_FILE.exists():
+        pytest.fail(f"{CRD_FILE} does not exist: generate it from the API models first", pytrace=False)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    # Discovery can lag the Established condition by a moment.
+    deadline = time.monotonic() + 30
+    while kubectl("get", "sftjobs", "-A", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail("the SFTJob CRD is Established but `kubectl get sftjobs` still fails", pytrace=False)
+        time.sleep(0.3)
+    return CRD_NAME
+
+
+@pytest.fixture(scope="session")
+def kwok_pods(kube_api, dev_cluster):
+    """A PodDriver: make a pod succeed, fail(exit_code), be preempted/evicted, or lose its node."""
+    from sft_operator.devcluster.cluster import DevCluster
+    from sft_operator.devcluster.pods import PodDriver
+
+    def add_node(name: str) -> None:
+        DevCluster(dev_cluster.state_dir).add_nodes([name], gpus=8)
+
+    return PodDriver(kube_api, add_node=add_node)
+
+
+# -- S3 --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """S3Info of a real SeaweedFS S3 server (endpoint, access_key, secret_key, .client())."""
+    from sft_operator.devcluster.s3 import S3Error, start_s3, stop_s3
+    from sft_operator.devcluster.tools import ToolError
+
+    try:
+        info = start_s3(tmp_path_factory.mktemp("seaweedfs"))
+    except (S3Error, ToolError) as e:
+        _fail("SeaweedFS S3 did not start", e)
+    try:
+        yield info
+    finally:
+        stop_s3(info)
+
+
+@pytest.fixture
+def s3_bucket(s3, request):
+    """A fresh bucket for one test, emptied and deleted afterwards."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{base}-{secrets.token_hex(3)}"
+    c = s3.client()
+    c.create_bucket(Bucket=name)
+    yield name
+    try:
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                c.delete_object(Bucket=name, Key=obj["Key"])
+        c.delete_bucket(Bucket=name)
+    except Exception:  # the server may already be gone at session end; the bucket dies with it
+        pass
+
+
+# -- Prometheus ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prometheus(tmp_path_factory):
+    """start(targets=[...], **kw) -> PromInfo: a real Prometheus scraping `targets` every second.
+    Extend with info.add_targets([...]); query with info.query()/wait_for(). Stopped after the test."""
+    from sft_operator.devcluster.prom import PromError, start_prometheus, stop_prometheus
+    from sft_operator.devcluster.tools import ToolError
+
+    started = []
+
+    def start(targets=(), **kw):
+        try:
+            info = start_prometheus(list(targets), state_dir=tmp_path_factory.mktemp("prometheus"), **kw)
+        except (PromError, ToolError) as e:
+            _fail("Prometheus did not start", e)
+        started.append(info)
+        return info
+
+    yield start
+    for info in started:
+        stop_prometheus(info)
+        shutil.rmtree(info.state_dir / "data", ignore_errors=True)

