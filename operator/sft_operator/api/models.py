@@ -1,0 +1,479 @@
+"""The SFTJob API (sft.dev/v1alpha1) as pydantic models: the single source of truth.
+
+The CRD (``crds/sftjob.yaml`` and the Helm chart's copy), ``docs/api.md`` and client-side validation
+are all generated from these classes. Python attributes are snake_case; the wire names are the
+camelCase aliases of ARCHITECTURE §2.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from . import rules as _rules
+
+GROUP = "sft.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SFTJob"
+PLURAL = "sftjobs"
+SINGULAR = "sftjob"
+SHORT_NAMES = ["sft"]
+CATEGORIES = ["all", "ml"]
+
+# Model, dataset and artifact locations. A scheme-less path is resolved relative to the SFTJob
+# file by `sftctl run` and to the working directory inside the trainer image.
+URI_PATTERN = r"^((hf|s3|file|builtin)://[^\s]+|[^:\s]+)$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+Uri = Annotated[str, Field(pattern=URI_PATTERN, min_length=1, max_length=2048)]
+ShortStr = Annotated[str, Field(min_length=1, max_length=253)]
+Quantity = Annotated[Union[int, Annotated[str, Field(pattern=QUANTITY, max_length=64)]], Field()]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_enum_values=True,
+        validate_default=True,
+    )
+    # Dotted schema path of this model in an SFTJob, for attaching the rules of rules.py.
+    schema_path: ClassVar[str | None] = None
+
+
+# ---------------------------------------------------------------------------------------------- enums
+
+
+class DatasetFormat(str, Enum):
+    messages = "messages"
+    prompt_completion = "prompt-completion"
+    alpaca = "alpaca"
+
+
+class MethodType(str, Enum):
+    full = "full"
+    lora = "lora"
+    qlora = "qlora"
+
+
+class LrScheduler(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    cosine_with_restarts = "cosine_with_restarts"
+    polynomial = "polynomial"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+    inverse_sqrt = "inverse_sqrt"
+
+
+class LossOn(str, Enum):
+    assistant = "assistant"
+    completion = "completion"
+    all = "all"
+
+
+class Precision(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Offload(str, Enum):
+    none = "none"
+    optimizer = "optimizer"
+    all = "all"
+
+
+class Phase(str, Enum):
+    Pending = "Pending"
+    Running = "Running"
+    Restarting = "Restarting"
+    Suspended = "Suspended"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class TolerationOperator(str, Enum):
+    Exists = "Exists"
+    Equal = "Equal"
+
+
+class TaintEffect(str, Enum):
+    NoSchedule = "NoSchedule"
+    PreferNoSchedule = "PreferNoSchedule"
+    NoExecute = "NoExecute"
+
+
+# ----------------------------------------------------------------------------------------------- spec
+
+
+class ModelSpec(_Model):
+    """The base model to fine-tune."""
+
+    uri: Uri = Field(
+        description="Where the base model lives: hf://<repo>, s3://<bucket>/<path>, file://<path> (also a mounted "
+        "PVC), or builtin://tiny-llama (a tiny Llama built from a config, for CPU smoke runs)."
+    )
+    revision: Optional[ShortStr] = Field(None, description="Hub revision (branch, tag or commit) for hf:// models.")
+    chat_template: Optional[Annotated[str, Field(max_length=65536)]] = Field(
+        None,
+        description="Jinja chat template that overrides the tokenizer's. It must mark assistant tokens with "
+        "{% generation %} for lossOn: assistant.",
+    )
+
+
+class DatasetSource(_Model):
+    """One training data source; sources are mixed by weight."""
+
+    uri: Uri = Field(description="A .jsonl or .parquet file (or hf:// dataset) with one record per row.")
+    format: DatasetFormat = Field(
+        DatasetFormat.messages,
+        description="Record layout: messages ({messages: [{role, content}]}), prompt-completion "
+        "({prompt, completion}) or alpaca ({instruction, input, output}).",
+    )
+    weight: float = Field(1.0, gt=0, le=1000, description="Relative sampling weight of this source in the mix.")
+    task_type: Optional[Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
+        None,
+        description="Default task_type label for the records of this source (per-task eval loss). A record's own "
+        "task_type field wins.",
+    )
+
+
+class SplitSpec(_Model):
+    """Deterministic train/validation/test split of the mixed data."""
+
+    schema_path: ClassVar[str] = "spec.split"
+    validation: float = Field(0.1, ge=0, lt=0.5, description="Share of records held out for validation loss.")
+    test: float = Field(0.05, ge=0, lt=0.5, description="Share of records held out for the final test evaluation.")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the split and of the source mixing.")
+
+
+class LoraSpec(_Model):
+    """LoRA adapter settings (PEFT)."""
+
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        max_length=64,
+        description='Module names that get adapters, or ["all-linear"].',
+    )
+
+
+class MethodSpec(_Model):
+    """How the weights are trained."""
+
+    schema_path: ClassVar[str] = "spec.method"
+    type: MethodType = Field(
+        MethodType.lora,
+        description="full (all weights), lora (PEFT adapters) or qlora (adapters on a 4-bit base; needs a GPU).",
+    )
+    lora: Optional[LoraSpec] = Field(None, description="Adapter settings; only for lora and qlora (defaults apply).")
+
+
+class DeepSpeedSpec(_Model):
+    """DeepSpeed ZeRO settings; the trainer generates the DeepSpeed JSON from them."""
+
+    schema_path: ClassVar[str] = "spec.training.deepspeed"
+    zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3 (0 disables sharding).")
+    offload: Offload = Field(
+        Offload.none, description="Offload to CPU memory: none, optimizer (stage >= 1) or all (stage 3)."
+    )
+
+
+class TrainingSpec(_Model):
+    """Optimisation settings, mapped onto TRL's SFTConfig."""
+
+    schema_path: ClassVar[str] = "spec.training"
+    epochs: Optional[float] = Field(None, gt=0, le=1000, description="Passes over the training split (or maxSteps).")
+    max_steps: Optional[int] = Field(None, ge=1, le=10_000_000, description="Optimizer steps to run (or epochs).")
+    learning_rate: float = Field(2e-5, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler: LrScheduler = Field(LrScheduler.cosine, description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent in linear warmup.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, le=1000, description="Gradient clipping norm (0 disables clipping).")
+    per_device_batch_size: int = Field(4, ge=1, le=4096, description="Sequences (packed rows) per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    max_seq_length: int = Field(2048, ge=16, le=1_048_576, description="Tokens per sequence or packed row.")
+    packing: bool = Field(True, description="Pack several examples per row (padding-free where supported).")
+    loss_on: LossOn = Field(
+        LossOn.assistant,
+        description="Which tokens carry loss: assistant (every assistant turn and its end-of-turn token), "
+        "completion (the completion of prompt-completion data) or all.",
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    precision: Precision = Field(Precision.bf16, description="bf16, fp16 (GPU only) or fp32.")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Training seed (initialisation, dropout, data order).")
+    logging_steps: int = Field(10, ge=1, le=100_000, description="Steps between log lines and metric updates.")
+    neftune_noise_alpha: Optional[float] = Field(None, gt=0, le=100, description="NEFTune embedding noise; off when unset.")
+    use_liger_kernel: bool = Field(False, description="Use Liger fused kernels (GPU only; ignored on the CPU).")
+    deepspeed: Optional[DeepSpeedSpec] = Field(None, description="DeepSpeed ZeRO sharding; off when unset.")
+
+
+class GoldenSetSpec(_Model):
+    """Prompts with expected checks, generated and scored at the end of training."""
+
+    uri: Uri = Field(description="A .jsonl file of {prompt or messages, checks: [{type, value}]} records.")
+    min_pass_rate: float = Field(
+        0.0, ge=0, le=1, description="The job fails with GoldenSetRegression below this pass rate."
+    )
+    max_new_tokens: int = Field(128, ge=1, le=32768, description="Generation length limit per golden prompt.")
+
+
+class EvalSpec(_Model):
+    """Evaluation during and after training."""
+
+    every_steps: int = Field(200, ge=1, le=10_000_000, description="Steps between validation-loss evaluations.")
+    early_stopping_patience: Optional[int] = Field(
+        None, ge=1, le=1000, description="Stop after this many evaluations without improvement; off when unset."
+    )
+    golden_set: Optional[GoldenSetSpec] = Field(None, description="Golden set scored at the end of training.")
+
+
+class CheckpointSpec(_Model):
+    """Checkpoints, committed atomically with a manifest; training resumes from the latest committed one."""
+
+    uri: Optional[Uri] = Field(
+        None,
+        description="Checkpoint prefix (s3:// or file://). Unset: ./runs/<name>/checkpoints for sftctl run; "
+        "in a cluster, no resume across restarts.",
+    )
+    every_steps: int = Field(500, ge=1, le=10_000_000, description="Steps between checkpoints (and one at the end).")
+    keep: int = Field(3, ge=1, le=1000, description="Committed checkpoints kept, plus the best by eval loss.")
+
+
+class OutputSpec(_Model):
+    """Where the final model goes."""
+
+    uri: Optional[Uri] = Field(None, description="Final model (or adapter) location; unset keeps only checkpoints.")
+    merge_adapters: bool = Field(False, description="Merge LoRA adapters into the base weights before export.")
+
+
+class StorageSpec(_Model):
+    """Credentials and endpoint for every s3:// URI of the job."""
+
+    secret_ref: Optional[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = Field(
+        None, description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, injected into the trainer pods."
+    )
+    endpoint: Optional[Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]] = Field(
+        None, description="S3-compatible endpoint URL (MinIO, SeaweedFS, Ceph); unset means AWS."
+    )
+    region: Optional[Annotated[str, Field(max_length=64)]] = Field(None, description="S3 region.")
+    anonymous: bool = Field(False, description="Allow s3:// access without credentials (public or test buckets).")
+
+
+class ResourceRequirements(_Model):
+    """Container resources of each node pod, besides the GPUs."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict, description="Resource requests, e.g. cpu, memory.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits.")
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration."""
+
+    key: Optional[Annotated[str, Field(max_length=317)]] = None
+    operator: TolerationOperator = TolerationOperator.Equal
+    value: Optional[Annotated[str, Field(max_length=63)]] = None
+    effect: Optional[TaintEffect] = None
+    toleration_seconds: Optional[int] = Field(None, ge=0)
+
+
+class EnvVar(_Model):
+    """An extra environment variable for the trainer container."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
+    value: Optional[Annotated[str, Field(max_length=4096)]] = None
+
+
+class WorkersSpec(_Model):
+    """The gang of node pods: one pod per node, gpusPerNode processes per pod."""
+
+    nodes: int = Field(1, ge=1, le=1024, description="Number of nodes (pods) in the gang.")
+    gpus_per_node: int = Field(1, ge=0, le=16, description="GPUs (and trainer processes) per node; 0 runs on the CPU.")
+    image: Optional[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        None, description="Trainer image; unset uses the operator's default."
+    )
+    resources: Optional[ResourceRequirements] = Field(None, description="CPU and memory; unset uses the operator's default.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, description="Node labels the pods must match."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Pod tolerations.")
+    affinity: Optional[dict[str, Any]] = Field(None, description="Pod affinity (core/v1 Affinity), passed through.")
+    priority_class_name: Optional[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = Field(
+        None, description="PriorityClass of the pods."
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra trainer environment variables.")
+
+
+class FailurePolicy(_Model):
+    """Whole-gang restarts from the latest committed checkpoint."""
+
+    max_restarts: int = Field(3, ge=0, le=1000, description="Restarts after pod failures before the job fails.")
+    max_preemptions: int = Field(
+        20, ge=0, le=10000, description="Restarts after preemption, eviction or node loss (counted apart)."
+    )
+    stall_timeout_seconds: int = Field(
+        1800, ge=1, le=604800, description="Restart when no training progress is reported for this long."
+    )
+
+
+class PreflightSpec(_Model):
+    """Data checks that run before training."""
+
+    max_bad_row_ratio: float = Field(
+        0.01, ge=0, le=1, description="Fail (exit code 64, DataError) when more than this share of rows is malformed."
+    )
+
+
+class SFTJobSpec(_Model):
+    """Desired state of an SFT run."""
+
+    schema_path: ClassVar[str] = "spec"
+    model: ModelSpec = Field(description="The base model.")
+    datasets: list[DatasetSource] = Field(min_length=1, max_length=64, description="Training data, mixed by weight.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Train/validation/test split.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="full, lora or qlora.")
+    training: TrainingSpec = Field(description="Optimisation settings (epochs or maxSteps is required).")
+    eval: Optional[EvalSpec] = Field(None, description="Evaluation; unset evaluates every 200 steps.")
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="Data checks before training.")
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint location and cadence.")
+    output: Optional[OutputSpec] = Field(None, description="Final model export.")
+    storage: Optional[StorageSpec] = Field(None, description="Credentials and endpoint for s3:// URIs.")
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Nodes, GPUs and pod settings.")
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart limits and stall detection.")
+    suspend: bool = Field(False, description="Stop the pods, keep status and checkpoints; unsuspend resumes.")
+    active_deadline_seconds: Optional[int] = Field(
+        None, ge=1, le=31_536_000, description="Fail with DeadlineExceeded after this long since start."
+    )
+    ttl_seconds_after_finished: Optional[int] = Field(
+        86400, ge=0, le=31_536_000, description="Delete the child objects this long after the job finishes."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "SFTJobSpec":
+        failures = _rules.evaluate({"spec": self.model_dump(by_alias=True, exclude_none=True)})
+        if failures:
+            raise ValueError("; ".join(message for _, message in failures))
+        return self
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+class Condition(_Model):
+    """A typed condition; reasons are listed in sft_operator.conditions."""
+
+    type: Annotated[str, Field(max_length=64)]
+    status: ConditionStatus
+    reason: Annotated[str, Field(max_length=128)] = ""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: Optional[str] = None
+    observed_generation: Optional[int] = None
+
+
+class Progress(_Model):
+    step: int = Field(0, ge=0)
+    total_steps: Optional[int] = Field(None, ge=0)
+    epoch: Optional[float] = None
+    percent: Optional[float] = Field(None, ge=0, le=100)
+    eta_seconds: Optional[float] = Field(None, ge=0)
+    updated_at: Optional[str] = Field(None, description="When the trainer last reported progress.")
+
+
+class TrainMetrics(_Model):
+    train_loss: Optional[float] = None
+    eval_loss: Optional[float] = None
+    learning_rate: Optional[float] = None
+    grad_norm: Optional[float] = None
+    tokens_per_second: Optional[float] = None
+    mfu: Optional[float] = None
+
+
+class CheckpointStatus(_Model):
+    step: int = Field(ge=0)
+    uri: str
+    saved_at: Optional[str] = None
+
+
+class EvaluationStatus(_Model):
+    golden_set_pass_rate: Optional[float] = Field(None, ge=0, le=1)
+    test_loss: Optional[float] = None
+    eval_loss_by_task: dict[str, float] = Field(default_factory=dict)
+
+
+class FailureInfo(_Model):
+    """Which pod or node failed last, and why."""
+
+    pod: Optional[str] = None
+    node: Optional[str] = None
+    exit_code: Optional[int] = None
+    reason: Optional[str] = None
+    message: Optional[str] = None
+
+
+class SFTJobStatus(_Model):
+    """Observed state, written by the operator (phase, conditions, counters) and by the trainer's rank 0
+    (progress, metrics, checkpoint, evaluation, worldSize)."""
+
+    phase: Optional[Phase] = None
+    conditions: list[Condition] = Field(default_factory=list)
+    attempt: int = Field(0, ge=0)
+    restarts: int = Field(0, ge=0)
+    preemptions: int = Field(0, ge=0)
+    world_size: Optional[int] = Field(None, ge=0)
+    start_time: Optional[str] = None
+    completion_time: Optional[str] = None
+    progress: Optional[Progress] = None
+    metrics: Optional[TrainMetrics] = None
+    checkpoint: Optional[CheckpointStatus] = None
+    evaluation: Optional[EvaluationStatus] = None
+    last_failure: Optional[FailureInfo] = None
+    observed_generation: Optional[int] = None
+
+
+# --------------------------------------------------------------------------------------------- object
+
+
+class ObjectMeta(BaseModel):
+    """The subset of metadata that the API relies on; everything else passes through untouched."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=50)]
+    namespace: Optional[str] = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class SFTJob(_Model):
+    """A supervised fine-tuning run."""
+
+    api_version: Annotated[str, Field(pattern=rf"^{GROUP}/{VERSION}$")] = Field(API_VERSION, alias="apiVersion")
+    kind: Annotated[str, Field(pattern=rf"^{KIND}$")] = KIND
+    metadata: ObjectMeta
+    spec: SFTJobSpec
+    status: Optional[SFTJobStatus] = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# Models that carry rules, by their schema path (the CRD generator attaches CEL at that node).
+MODELS_BY_PATH: dict[str, type[_Model]] = {
+    m.schema_path: m for m in (SFTJobSpec, SplitSpec, MethodSpec, DeepSpeedSpec, TrainingSpec) if m.schema_path
+}
