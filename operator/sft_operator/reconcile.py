@@ -32,6 +32,7 @@ OWNED_STATUS_FIELDS = (
     "startTime",
     "completionTime",
     "observedGeneration",
+    "lastFailure",
 )
 
 
@@ -317,6 +318,7 @@ def _restart_or_fail(p: _Pass, failure: restart_policy.Failure, job) -> None:
         max_restarts=3 if p.fp("maxRestarts") is None else int(p.fp("maxRestarts")),
         max_preemptions=int(p.fp("maxPreemptions") or p.settings.max_preemptions),
     )
+    p.st["lastFailure"] = failure.info()
     if not decision.restart:
         p.fail(decision.reason, decision.message)
         # Stop what is left of the gang; a finished Job keeps its pods for `kubectl logs`.
@@ -352,3 +354,18 @@ def _finished(p: _Pass) -> None:
         p.res.delete += [ChildRef("RoleBinding", sa), ChildRef("Role", sa), ChildRef("ServiceAccount", sa)]
         p.res.annotations[deadline_ttl.CLEANED_ANNOTATION] = p.now_s
         p.event("Normal", Reason.TTL_EXPIRED, f"ttlSecondsAfterFinished={p.spec['ttlSecondsAfterFinished']} expired: children removed, status kept")
+
+
+def validate_body(body: Mapping) -> str | None:
+    """Schema and cross-field problems of the SFTJob's spec, each naming its field; None when valid."""
+    from .api import validate_document
+
+    meta = body.get("metadata") or {}
+    doc = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
+        "spec": body.get("spec"),
+    }
+    problems = validate_document(doc)
+    return "; ".join(str(p) for p in problems) if problems else None

@@ -22,6 +22,13 @@ class Failure:
     reason: Reason
     message: str
     pod: str | None = None
+    node: str | None = None
+    exit_code: int | None = None
+
+    def info(self) -> dict:
+        """`status.lastFailure`: which pod or node failed, and why."""
+        out = {"reason": str(self.reason), "message": self.message, "pod": self.pod, "node": self.node, "exitCode": self.exit_code}
+        return {k: v for k, v in out.items() if v is not None}
 
     @property
     def disruption(self) -> bool:
@@ -54,19 +61,19 @@ class Decision:
 def pod_failure(pod: PodObs, missing_nodes: frozenset[str] | set[str] = frozenset()) -> Failure | None:
     disrupted = disruption_of(pod, missing_nodes)
     if disrupted is not None:
-        return Failure(disrupted[0], disrupted[1], pod.name)
+        return Failure(disrupted[0], disrupted[1], pod.name, pod.node, pod.exit_code)
     if not pod.failed:
         return None
     code = pod.exit_code
     if code in NON_RETRYABLE_EXIT_CODES:
         reason = NON_RETRYABLE_EXIT_CODES[code]
-        return Failure(reason, f"{pod.label} exited with code {code} ({reason})", pod.name)
+        return Failure(reason, f"{pod.label} exited with code {code} ({reason})", pod.name, pod.node, code)
     if pod.term_reason == "OOMKilled":
-        return Failure(Reason.OOM_KILLED, f"{pod.label} was OOMKilled (exit code {code})", pod.name)
+        return Failure(Reason.OOM_KILLED, f"{pod.label} was OOMKilled (exit code {code})", pod.name, pod.node, code)
     if code is not None:
-        return Failure(Reason.POD_FAILED, f"{pod.label} exited with code {code}", pod.name)
+        return Failure(Reason.POD_FAILED, f"{pod.label} exited with code {code}", pod.name, pod.node, code)
     why = pod.status_reason or "unknown reason"
-    return Failure(Reason.POD_FAILED, f"{pod.label} failed: {why} {pod.status_message or ''}".strip(), pod.name)
+    return Failure(Reason.POD_FAILED, f"{pod.label} failed: {why} {pod.status_message or ''}".strip(), pod.name, pod.node)
 
 
 _EXIT = re.compile(r"failed with exit code (\d+)")
@@ -82,7 +89,7 @@ def _job_failure(job: JobObs) -> Failure | None:
     m = _EXIT.search(job.failed_message or "")
     if m and int(m.group(1)) in NON_RETRYABLE_EXIT_CODES:
         code = int(m.group(1))
-        return Failure(NON_RETRYABLE_EXIT_CODES[code], f"Job {job.name}: exit code {code}: {job.failed_message}")
+        return Failure(NON_RETRYABLE_EXIT_CODES[code], f"Job {job.name}: exit code {code}: {job.failed_message}", exit_code=code)
     return Failure(Reason.POD_FAILED, f"Job {job.name} failed ({job.failed_reason}): {job.failed_message}")
 
 

@@ -1,0 +1,219 @@
+"""Write a reconcile `Result` to the apiserver, idempotently.
+
+- The operator-owned status fields are merge-patched with the SFTJob's resourceVersion, so the
+  write is a compare-and-swap: a stale read (another replica, a trainer progress patch in between)
+  gets 409 and the pass is recomputed. A restart is therefore counted exactly once.
+- Children are applied with server-side apply under the field manager `sft-operator`; Jobs are
+  only ever created (their pod template is immutable and Kueue owns `spec.suspend` after admission).
+- Deletes ignore 404; Jobs go in the foreground so that "Job gone" means "its pods are gone".
+- Events are posted only after the status write succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from .children import GROUP, KIND, PLURAL, VERSION
+from .reconcile import ChildRef, Event, Result
+
+__all__ = ["FIELD_MANAGER", "Conflict", "KubeApi", "write_result"]
+
+FIELD_MANAGER = "sft-operator"
+log = logging.getLogger("sft_operator.apply")
+
+# kind -> (api path prefix, plural)
+_KINDS: dict[str, tuple[str, str]] = {
+    "Job": ("/apis/batch/v1", "jobs"),
+    "Pod": ("/api/v1", "pods"),
+    "Service": ("/api/v1", "services"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Event": ("/api/v1", "events"),
+    KIND: (f"/apis/{GROUP}/{VERSION}", PLURAL),
+}
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409 on a resourceVersion-guarded write)."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, body: str):
+        super().__init__(f"HTTP {status} {reason}: {body[:500]}")
+        self.status = status
+
+
+class KubeApi:
+    """Raw-JSON calls through the official client's ApiClient (auth, TLS, kubeconfig handling)."""
+
+    def __init__(self, api_client=None):
+        if api_client is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.api_client = api_client
+
+    def request(self, method: str, path: str, body: Any = None, *, query: Iterable[tuple[str, Any]] = (), content_type: str | None = None) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            resp = self.api_client.call_api(
+                path,
+                method,
+                query_params=list(query),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=30,
+            )
+        except ApiException as exc:
+            raise ApiError(exc.status, exc.reason or "", exc.body or "") from None
+        data = resp.data
+        return json.loads(data) if data else None
+
+    # -- paths --------------------------------------------------------------------------------------
+    @staticmethod
+    def path(kind: str, namespace: str | None, name: str | None = None) -> str:
+        prefix, plural = _KINDS[kind]
+        p = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+        return f"{p}/{name}" if name else p
+
+    # -- verbs --------------------------------------------------------------------------------------
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            return self.request("GET", self.path(kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        return list((self.request("GET", self.path(kind, namespace), query=query) or {}).get("items") or [])
+
+    def apply(self, obj: dict) -> dict | None:
+        meta = obj["metadata"]
+        return self.request(
+            "PATCH",
+            self.path(obj["kind"], meta.get("namespace"), meta["name"]),
+            obj,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    def create(self, obj: dict) -> bool:
+        """Create; False when it already exists."""
+        meta = obj["metadata"]
+        try:
+            self.request("POST", self.path(obj["kind"], meta.get("namespace")), obj, query=[("fieldManager", FIELD_MANAGER)])
+            return True
+        except ApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def delete(self, kind: str, namespace: str, name: str, *, force: bool = False) -> bool:
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if kind == "Job":
+            body["propagationPolicy"] = "Foreground"
+        elif kind != "Pod":
+            body["propagationPolicy"] = "Background"
+        if force:
+            body["gracePeriodSeconds"] = 0
+        try:
+            self.request("DELETE", self.path(kind, namespace, name), body)
+            return True
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def merge_patch(self, kind: str, namespace: str, name: str, patch: dict, *, subresource: str | None = None) -> dict | None:
+        path = self.path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
+        try:
+            return self.request("PATCH", path, patch, content_type="application/merge-patch+json")
+        except ApiError as exc:
+            if exc.status == 409:
+                raise Conflict(str(exc)) from None
+            raise
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def post_event(api: KubeApi, body: dict, event: Event) -> None:
+    meta = body["metadata"]
+    now = _now()
+    ev = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message,
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "reportingInstance": os.environ.get("POD_NAME") or socket.gethostname(),
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        api.request("POST", KubeApi.path("Event", meta["namespace"]), ev)
+    except ApiError as exc:  # an event is informative; never fail the pass for it
+        log.warning("event %s/%s not posted: %s", event.reason, meta["name"], exc)
+
+
+def write_result(api: KubeApi, body: dict, result: Result) -> None:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    if result.status_patch:
+        api.merge_patch(
+            KIND,
+            ns,
+            name,
+            {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": result.status_patch},
+            subresource="status",
+        )
+    if result.annotations:
+        api.merge_patch(KIND, ns, name, {"metadata": {"annotations": result.annotations}})
+    for ref in result.delete:
+        _delete(api, ns, ref)
+    for obj in result.apply:
+        if obj["kind"] == "Job":
+            api.create(obj)
+        else:
+            api.apply(obj)
+    for event in result.events:
+        post_event(api, body, event)
+
+
+def _delete(api: KubeApi, namespace: str, ref: ChildRef) -> None:
+    api.delete(ref.kind, namespace, ref.name, force=ref.force)

@@ -1,0 +1,209 @@
+"""kopf handlers: fetch -> pure reconcile -> write. Nothing here decides anything.
+
+Triggers (all level-based, all funnel into `reconcile_job`):
+- every SFTJob event (create, spec change, the trainer's progress patches), and the initial listing
+  at start-up, which picks up jobs created while the operator was down;
+- every event of a child Job or pod (labels `sft.dev/job-name`, `sft.dev/attempt`);
+- a timer per SFTJob (`SFT_RESYNC_SECONDS`) for the clocks: stall, deadline, TTL.
+
+Children are observed through kopf in-memory indices (no list calls per pass); the SFTJob itself is
+read fresh from the apiserver, and the status write is guarded by its resourceVersion.
+
+Run: `python -m sft_operator.run_operator` (or `kopf run -m sft_operator.handlers`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import kopf
+
+from . import metrics
+from .apply import ApiError, Conflict, KubeApi, write_result
+from .children import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
+from .observe import Observation, observe_job, observe_pod, parse_time
+from .reconcile import Result, reconcile, validate_body
+from .settings import OperatorSettings, load_settings
+
+log = logging.getLogger("sft_operator")
+
+FINALIZER = "sft.dev/operator"
+CHILD_LABELS = {LABEL_JOB: kopf.PRESENT, LABEL_ATTEMPT: kopf.PRESENT}
+
+
+class _State:
+    """Process-wide state: settings, API client and one lock per SFTJob (passes never interleave)."""
+
+    def __init__(self) -> None:
+        self.settings: OperatorSettings = load_settings()
+        self._api: KubeApi | None = None
+        self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self.metrics_server = None
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi()
+        return self._api
+
+    def lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks[key]
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+
+
+STATE = _State()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf keeps its bookkeeping in annotations; `status` belongs to the operator and the trainer.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.sft.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.sft.dev")
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.WARNING  # our own Events describe transitions
+    settings.peering.name = "sft-operator"
+    settings.peering.clusterwide = True
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    STATE.settings = load_settings()
+    if STATE.metrics_server is None and STATE.settings.metrics_port > 0:
+        STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
+    log.info("sft-operator configured", extra={"settings": STATE.settings.describe()})
+
+
+@kopf.on.probe(id="sftjobs_tracked")
+def probe_tracked(**_: Any) -> int:
+    return sum(metrics.JOBS.counts().values())
+
+
+# -- indices of the children ------------------------------------------------------------------------
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILD_LABELS)
+def sft_child_jobs(body: Mapping, namespace: str, labels: Mapping, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_JOB]): observe_job(body)}
+
+
+@kopf.index("", "v1", "pods", labels=CHILD_LABELS)
+def sft_child_pods(body: Mapping, namespace: str, labels: Mapping, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_JOB]): observe_pod(body)}
+
+
+@kopf.index("", "v1", "nodes")
+def sft_nodes(name: str, **_: Any) -> dict:
+    return {name: True}
+
+
+def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes_idx) -> Observation:
+    jobs = tuple(jobs_idx.get(key, ())) if jobs_idx is not None else ()
+    pods = tuple(pods_idx.get(key, ())) if pods_idx is not None else ()
+    missing: frozenset[str] = frozenset()
+    if nodes_idx is not None:
+        missing = frozenset(p.node for p in pods if p.node and p.node not in nodes_idx)
+    return Observation(jobs=jobs, pods=pods, missing_nodes=missing)
+
+
+# -- the one reconcile path -------------------------------------------------------------------------
+
+
+def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes_idx=None, logger=log) -> Result | None:
+    key = (namespace, name)
+    api = STATE.api
+    with STATE.lock(key):
+        for _ in range(5):
+            started = time.monotonic()
+            body = api.get("SFTJob", namespace, name)
+            if body is None:
+                metrics.JOBS.forget(key)
+                return None
+            obs = _observation(key, jobs_idx, pods_idx, nodes_idx)
+            now = datetime.now(timezone.utc)
+            result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
+            try:
+                write_result(api, body, result)
+            except Conflict:
+                continue  # changed under us (often a progress patch): recompute from a fresh read
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            _record(key, body, result, now, logger)
+            return result
+        raise kopf.TemporaryError(f"SFTJob {namespace}/{name} kept changing during reconcile", delay=1)
+
+
+def _record(key, body: Mapping, result: Result, now: datetime, logger) -> None:
+    if not (body.get("metadata") or {}).get("deletionTimestamp"):
+        metrics.JOBS.set(key, result.status.get("phase"))
+    for reason in result.counted:
+        metrics.RESTARTS.labels(reason=reason).inc()
+    if result.became_running and int(result.status.get("attempt") or 1) == 1:
+        created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
+        if created is not None:
+            metrics.TIME_TO_RUNNING.observe(max((now - created).total_seconds(), 0.0))
+    if result.status_patch or result.delete or result.apply:
+        logger.info(
+            "reconciled",
+            extra={
+                "sftjob": f"{key[0]}/{key[1]}",
+                "phase": result.status.get("phase"),
+                "attempt": result.status.get("attempt"),
+                "status_patch": sorted(result.status_patch),
+                "applied": [f"{o['kind']}/{o['metadata']['name']}" for o in result.apply],
+                "deleted": [f"{d.kind}/{d.name}" for d in result.delete],
+                "events": [e.reason for e in result.events],
+            },
+        )
+
+
+def _run(namespace: str | None, name: str | None, kwargs: Mapping, logger) -> None:
+    if not namespace or not name:
+        return
+    try:
+        reconcile_job(
+            namespace,
+            name,
+            jobs_idx=kwargs.get("sft_child_jobs"),
+            pods_idx=kwargs.get("sft_child_pods"),
+            nodes_idx=kwargs.get("sft_nodes"),
+            logger=logger,
+        )
+    except ApiError as exc:
+        if exc.status in (429, 500, 503, 504):
+            raise kopf.TemporaryError(str(exc), delay=2) from exc
+        raise
+
+
+# -- triggers -----------------------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def sftjob_event(type: str | None, name: str, namespace: str, logger, **kwargs: Any) -> None:
+    if type == "DELETED":
+        metrics.JOBS.forget((namespace, name))
+        STATE.forget((namespace, name))
+        return
+    _run(namespace, name, kwargs, logger)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=load_settings().resync_seconds, sharp=False)
+def sftjob_resync(name: str, namespace: str, logger, **kwargs: Any) -> None:
+    _run(namespace, name, kwargs, logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+def child_job_event(namespace: str, labels: Mapping, logger, **kwargs: Any) -> None:
+    _run(namespace, labels.get(LABEL_JOB), kwargs, logger)
+
+
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
+def child_pod_event(namespace: str, labels: Mapping, logger, **kwargs: Any) -> None:
+    _run(namespace, labels.get(LABEL_JOB), kwargs, logger)

@@ -1,0 +1,99 @@
+"""Operator metrics (ARCHITECTURE §4), on their own registry so tests can read them directly.
+
+- sftoperator_jobs{phase}: SFTJobs by phase (Pending, Running, Restarting, Suspended, Succeeded, Failed)
+- sftoperator_reconcile_duration_seconds: one reconcile pass (read, compute, write)
+- sftoperator_restarts_total{reason}: restarts and preemptions started, by condition reason
+  (PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost)
+- sftoperator_time_to_running_seconds: SFTJob creation to all pods of the first attempt running
+- sftoperator_build_info{version}: always 1
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from .conditions import Phase
+
+__all__ = ["REGISTRY", "JOBS", "RECONCILE_SECONDS", "RESTARTS", "TIME_TO_RUNNING", "BUILD_INFO", "serve", "PhaseTracker"]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class PhaseTracker:
+    """Remembers each SFTJob's phase and reports the count per phase at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._phases: dict[tuple[str, str], str] = {}
+
+    def set(self, key: tuple[str, str], phase: str | None) -> None:
+        with self._lock:
+            self._phases[key] = phase or str(Phase.PENDING)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._phases.pop(key, None)
+
+    def counts(self) -> dict[str, int]:
+        out = {str(p): 0 for p in Phase}
+        with self._lock:
+            for phase in self._phases.values():
+                out[phase] = out.get(phase, 0) + 1
+        return out
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily("sftoperator_jobs", "SFTJobs by phase", labels=["phase"])]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "sftoperator_jobs",
+            "SFTJobs by phase (Pending, Running, Restarting, Suspended, Succeeded, Failed)",
+            labels=["phase"],
+        )
+        for phase, n in sorted(self.counts().items()):
+            fam.add_metric([phase], n)
+        yield fam
+
+
+JOBS = PhaseTracker()
+REGISTRY.register(JOBS)
+RECONCILE_SECONDS = Histogram(
+    "sftoperator_reconcile_duration_seconds",
+    "Duration of one reconcile pass of an SFTJob (read, compute, write)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+RESTARTS = Counter(
+    "sftoperator_restarts_total",
+    "Attempts torn down and restarted, by reason (PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost)",
+    ["reason"],
+    registry=REGISTRY,
+)
+TIME_TO_RUNNING = Histogram(
+    "sftoperator_time_to_running_seconds",
+    "Seconds from SFTJob creation until every pod of its first attempt runs",
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge("sftoperator_build_info", "Build information; always 1", ["version"], registry=REGISTRY)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sft-operator")
+    except Exception:  # not installed as a distribution (source checkout)
+        return "0.0.0+unknown"
+
+
+BUILD_INFO.labels(version=_version()).set(1)
+
+
+def serve(port: int, addr: str = "0.0.0.0"):
+    """Start the /metrics endpoint in a daemon thread; returns (server, thread)."""
+    return start_http_server(port, addr=addr, registry=REGISTRY)
