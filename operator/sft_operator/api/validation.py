@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 
 from . import rules
 from .models import API_VERSION, KIND, SFTJob
@@ -92,7 +94,10 @@ def _friendly(err: dict[str, Any]) -> str:
     if t == "extra_forbidden":
         owner = _model_at(tuple(err["loc"][:-1]))
         allowed = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
-        return f"unknown field (allowed: {', '.join(allowed)})"
+        name = str(err["loc"][-1])
+        close = difflib.get_close_matches(to_camel(name), allowed, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown field; {hint}allowed: {', '.join(allowed)}"
     if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[t]
         val = next(iter(ctx.values()))
@@ -122,7 +127,8 @@ def validate_document(doc: dict[str, Any]) -> list[Problem]:
     """Every problem of a parsed SFTJob document: schema errors and cross-field rules, with field paths."""
     problems: list[Problem] = []
     try:
-        SFTJob.model_validate(doc)
+        # Documents use the wire (camelCase) names only, exactly as the apiserver does.
+        SFTJob.model_validate(doc, by_alias=True, by_name=False)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union["))))
@@ -161,4 +167,4 @@ def load_sftjob(path_or_text: str | Path) -> SFTJob:
     if problems:
         listing = "\n".join(f"  {p}" for p in problems)
         raise SFTJobLoadError(f"{source}: {len(problems)} problem(s):\n{listing}")
-    return SFTJob.model_validate(doc)
+    return SFTJob.model_validate(doc, by_alias=True, by_name=False)

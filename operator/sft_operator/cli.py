@@ -1,0 +1,120 @@
+"""sftctl: validate, render and run SFTJobs, and manage the local dev cluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from .api import SFTJob, SFTJobLoadError, load_document, validate_document
+
+app = typer.Typer(
+    help="sftctl: supervised fine-tuning jobs (SFTJob, sft.dev/v1alpha1) on Kubernetes and on this machine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.command()
+def validate(
+    files: List[Path] = typer.Argument(..., help="SFTJob YAML files."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
+) -> None:
+    """Check SFTJob files against the API; report every problem with its field path."""
+    failed = 0
+    for path in files:
+        try:
+            doc, _ = load_document(path)
+        except SFTJobLoadError as exc:
+            err.print(f"[red]✗[/] {exc}", highlight=False)
+            failed += 1
+            continue
+        problems = validate_document(doc)
+        if problems:
+            failed += 1
+            err.print(f"[red]✗[/] {path}: {len(problems)} problem(s)", highlight=False)
+            for problem in problems:
+                err.print(f"    {problem}", highlight=False, markup=False)
+        elif not quiet:
+            out.print(f"[green]✓[/] {path}: valid SFTJob {doc['metadata'].get('name')!r}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _load_valid(path: Path) -> SFTJob:
+    try:
+        doc, _ = load_document(path)
+    except SFTJobLoadError as exc:
+        err.print(f"[red]✗[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    problems = validate_document(doc)
+    if problems:
+        err.print(f"[red]✗[/] {path}: {len(problems)} problem(s)", highlight=False)
+        for problem in problems:
+            err.print(f"    {problem}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    return SFTJob.model_validate(doc, by_alias=True, by_name=False)
+
+
+@app.command()
+def render(
+    file: Path = typer.Argument(..., help="An SFTJob YAML file."),
+    attempt: int = typer.Option(1, min=1, help="Attempt number to render (restarts create attempt+1)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace (default: the file's, or 'default')."),
+) -> None:
+    """Print the Kubernetes objects the operator creates for this SFTJob, as YAML (for review and GitOps)."""
+    from .children import render as render_children
+
+    job = _load_valid(file)
+    if namespace:
+        job.metadata.namespace = namespace
+    objects = render_children(job, attempt=attempt)
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def run(
+    file: Path = typer.Argument(..., help="An SFTJob YAML file; relative data paths resolve against its directory."),
+) -> None:
+    """Train an SFTJob on this machine (the CPU quickstart, or a GPU box), with the same trainer as the pods."""
+    _load_valid(file)
+    try:
+        from sft_trainer import run_local
+    except ImportError as exc:  # the [trainer] extra is not installed
+        err.print(f"[red]✗[/] sftctl run needs the trainer: pip install 'sft-operator[trainer]' ({exc})")
+        raise typer.Exit(1) from None
+    raise typer.Exit(run_local(file))
+
+
+@app.command("crd")
+def crd_cmd() -> None:
+    """Print the SFTJob CustomResourceDefinition generated from the API models."""
+    from .api.crdgen import render_crd_yaml
+
+    sys.stdout.write(render_crd_yaml())
+
+
+def _mount_dev_cluster() -> None:
+    try:
+        from .devcluster.cli import app as dev_cluster_app
+    except ImportError:
+        return
+    app.add_typer(dev_cluster_app, name="dev-cluster")
+
+
+_mount_dev_cluster()
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
