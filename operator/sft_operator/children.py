@@ -139,14 +139,24 @@ def _resources(workers: Mapping, settings: OperatorSettings) -> dict:
     return out
 
 
+def _resolve_spec(spec: Mapping) -> dict:
+    """The spec with every default filled in (what the trainer will run), when it validates."""
+    try:
+        from .api.models import SFTJobSpec
+
+        return SFTJobSpec.model_validate(dict(spec)).model_dump(by_alias=True, exclude_none=True, mode="json")
+    except Exception:  # invalid specs never reach a pod (reconcile fails them first); render as given
+        return copy.deepcopy(dict(spec))
+
+
 def resolved_config(body: Mapping, namespace: str) -> str:
-    """The trainer's config file: the SFTJob itself (defaults resolved), without status."""
+    """The trainer's config file: the SFTJob itself with defaults resolved, without status."""
     meta = body.get("metadata") or {}
     doc = {
-        "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": meta.get("name"), "namespace": namespace},
-        "spec": body.get("spec") or {},
+        "spec": _resolve_spec(body.get("spec") or {}),
     }
     return yaml.safe_dump(doc, sort_keys=False)
 

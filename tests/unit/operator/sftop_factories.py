@@ -30,6 +30,8 @@ def sftjob(name="demo", *, nodes=2, gpus=8, status=None, suspend=False, labels=N
         "activeDeadlineSeconds": deadline,
         "ttlSecondsAfterFinished": ttl,
     }
+    spec["failurePolicy"] = {k: v for k, v in spec["failurePolicy"].items() if v is not None}
+    spec = {k: v for k, v in spec.items() if v is not None}
     spec.update(extra_spec or {})
     meta = {"name": name, "namespace": "ns", "uid": "uid-1", "generation": generation,
             "creationTimestamp": fmt_time(T0), "labels": dict(labels or {}), "annotations": dict(annotations or {})}
