@@ -30,6 +30,8 @@ MIN_GO = (1, 26, 0)  # the `go` line of both k8s.io/kubernetes v1.36.3 and kwok 
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 _K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# Where Go is often installed without being on PATH.
+GO_FALLBACKS = ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")
 
 
 class BuildError(RuntimeError):
@@ -65,7 +67,10 @@ def binaries_ready() -> bool:
 
 def find_go() -> Path:
     """The Go toolchain, or a BuildError that says how to get one."""
-    candidates = [os.environ.get("SFT_GO"), shutil.which("go"), "/usr/local/go/bin/go", "/usr/lib/go/bin/go"]
+    explicit = os.environ.get("SFT_GO")
+    if explicit and not os.access(explicit, os.X_OK):
+        raise BuildError(f"Go toolchain not found: SFT_GO={explicit} is not an executable")
+    candidates = [explicit] if explicit else [shutil.which("go"), *GO_FALLBACKS]
     for c in candidates:
         if c and os.access(c, os.X_OK):
             go = Path(c)

@@ -1,0 +1,154 @@
+"""`up` is idempotent, `status` tells the truth, `down` cleans up after a crash and frees the
+ports, and the faults a user meets (port in use, stale state, no Go, a failing build) are named."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sft_operator.devcluster import build
+from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports, _port_in_use, _proc_start_time
+
+
+def _wait_dead(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while _proc_start_time(pid) is not None:
+        assert time.monotonic() < deadline, f"pid {pid} did not exit"
+        time.sleep(0.05)
+
+
+@pytest.mark.cluster
+def test_up_idempotent_status_crash_and_down(tmp_path):
+    c = DevCluster(tmp_path / "state")
+    ports = Ports.free()
+    log = io.StringIO()
+    try:
+        info = c.up(nodes=1, gpus_per_node=4, ports=ports, log=log)
+        assert c.running()
+        pids = dict(info.pids)
+        assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+
+        # A second `up` keeps the same processes and does not fail on its own ports.
+        again = c.up(nodes=1, gpus_per_node=4, ports=ports, log=log)
+        assert again.pids == pids
+
+        # The kubeconfig works for a new user with the pinned kubectl.
+        from sft_operator.devcluster.tools import kubectl
+        out = subprocess.run([str(kubectl()), "--kubeconfig", str(info.kubeconfig), "get", "nodes", "-o",
+                              "jsonpath={.items[*].status.allocatable.nvidia\\.com/gpu}"],
+                             capture_output=True, text=True, check=True).stdout
+        assert out == "4"
+
+        # A crash: etcd dies. status says so; `up` notices the stale state and restarts the set.
+        os.kill(pids["etcd"], signal.SIGKILL)
+        _wait_dead(pids["etcd"])
+        st = {s.name: s.running for s in c.status()}
+        assert st["etcd"] is False and st["kube-apiserver"] is True
+        restarted = c.up(nodes=1, gpus_per_node=4, ports=ports, log=log)
+        assert "stale state" in log.getvalue()
+        assert restarted.pids["etcd"] != pids["etcd"]
+        assert c.running()
+
+        # Another crash, then `down` alone (no `up`) must still stop everything and free every port.
+        os.kill(restarted.pids["kube-scheduler"], signal.SIGKILL)
+        _wait_dead(restarted.pids["kube-scheduler"])
+        c.down()
+        for pid in restarted.pids.values():
+            assert _proc_start_time(pid) is None
+        for p in dataclasses.astuple(ports):
+            assert not _port_in_use(p), f"port {p} still in use after down"
+        assert not any(s.running for s in c.status())
+    finally:
+        c.down()
+
+
+@pytest.mark.cluster
+def test_pidfile_lost_by_a_killed_up_is_still_cleaned_by_down(tmp_path):
+    c = DevCluster(tmp_path / "state")
+    ports = Ports.free()
+    try:
+        info = c.up(nodes=0, ports=ports, log=io.StringIO())
+        (c.pidsdir / "kwok.json").unlink()  # as if `up` died right after spawning kwok
+        c.down()
+        assert _proc_start_time(info.pids["kwok"]) is None
+        assert not _port_in_use(ports.kwok)
+    finally:
+        c.down()
+
+
+def test_port_in_use_is_named(tmp_path):
+    build.ensure_binaries()
+    ports = Ports.free()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", ports.apiserver))
+    blocker.listen()
+    try:
+        with pytest.raises(ClusterError, match=rf"port {ports.apiserver} on 127.0.0.1 \(for kube-apiserver\) is already in use"):
+            DevCluster(tmp_path / "state").up(nodes=0, ports=ports, log=io.StringIO())
+    finally:
+        blocker.close()
+        DevCluster(tmp_path / "state").down()
+
+
+def test_cli_status_reports_a_missing_cluster(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "sft_operator.devcluster.cli", "status", "--state-dir",
+                        str(tmp_path / "none")], capture_output=True, text=True)
+    assert p.returncode == 1
+    assert "no dev cluster in" in p.stdout
+    assert "stopped" in p.stdout
+
+
+def test_missing_go_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("SFT_GO", raising=False)
+    monkeypatch.setattr(build, "GO_FALLBACKS", ())
+    with pytest.raises(build.BuildError, match="Go toolchain not found.*Put `go` on PATH"):
+        build.find_go()
+    monkeypatch.setenv("SFT_GO", str(tmp_path / "no-go-here"))
+    with pytest.raises(build.BuildError, match="SFT_GO=.*no-go-here is not an executable"):
+        build.find_go()
+
+
+def test_old_go_is_named(monkeypatch, tmp_path):
+    fake = tmp_path / "go"
+    fake.write_text("#!/bin/sh\necho go1.20.1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("SFT_GO", str(fake))
+    with pytest.raises(build.BuildError, match=r"is go1\.20\.1, but Kubernetes .* need Go >= 1\.26\.0"):
+        build.find_go()
+
+
+def test_build_failure_names_the_step_and_shows_the_error(monkeypatch, tmp_path):
+    fake = tmp_path / "go"
+    fake.write_text('#!/bin/sh\nif [ "$1" = env ]; then echo go1.26.8; exit 0; fi\n'
+                    'echo "go: module lookup disabled by GOPROXY=off" >&2; exit 1\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("SFT_GO", str(fake))
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(build.BuildError) as e:
+        build.ensure_binaries(log=io.StringIO())
+    msg = str(e.value)
+    assert "go mod init failed" in msg and "module lookup disabled" in msg
+    assert not (tmp_path / "cache" / build.version_dir().name / "bin").exists()
+
+
+def test_build_module_reuses_the_cache_in_seconds():
+    build.ensure_binaries()
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "sft_operator.devcluster.build"], capture_output=True, text=True)
+    took = time.monotonic() - t
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str(build.bin_dir())
+    assert took < 10
+    stamp = json.loads((build.bin_dir() / "stamp.json").read_text())
+    assert stamp["k8s"] == build.K8S_VERSION and stamp["etcd"] == build.ETCD_VERSION
