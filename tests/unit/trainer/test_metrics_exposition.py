@@ -1,0 +1,131 @@
+"""Prometheus exposition of the trainer metrics: names, labels, help, values, MFU."""
+
+from __future__ import annotations
+
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from transformers import TrainerControl, TrainerState
+
+from sft_trainer.callbacks import PrometheusMetricsCallback, eval_losses
+from sft_trainer.metrics import (
+    METRIC_DEFS,
+    TrainerMetrics,
+    flops_per_token,
+    mfu,
+    peak_flops_for,
+)
+
+# ARCHITECTURE.md §4: the public metric names and their extra labels
+CONTRACT = {
+    "sftjob_train_loss": set(),
+    "sftjob_eval_loss": {"task_type"},
+    "sftjob_learning_rate": set(),
+    "sftjob_grad_norm": set(),
+    "sftjob_tokens_per_second": set(),
+    "sftjob_tokens_total": set(),
+    "sftjob_step": set(),
+    "sftjob_total_steps": set(),
+    "sftjob_mfu_ratio": set(),
+    "sftjob_gpu_memory_used_bytes": set(),
+    "sftjob_checkpoint_last_step": set(),
+    "sftjob_checkpoint_save_seconds": set(),
+}
+
+
+def families(metrics: TrainerMetrics) -> dict:
+    text = generate_latest(metrics.registry).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_names_labels_and_help_match_the_contract():
+    m = TrainerMetrics("team-a", "support-bot")
+    m.set_eval_loss(1.25)
+    m.set_eval_loss(0.5, "arith")
+    fams = families(m)
+    assert set(fams) == set(CONTRACT) == set(METRIC_DEFS)
+    for name, extra in CONTRACT.items():
+        fam = fams[name]
+        assert fam.type == "gauge"
+        assert "namespace" in fam.documentation and "sftjob" in fam.documentation
+        for label in extra:
+            assert label in fam.documentation
+        assert fam.samples, name
+        for s in fam.samples:
+            assert set(s.labels) == {"namespace", "sftjob"} | extra
+            assert s.labels["namespace"] == "team-a" and s.labels["sftjob"] == "support-bot"
+    evals = {s.labels["task_type"]: s.value for s in fams["sftjob_eval_loss"].samples}
+    assert evals == {"all": 1.25, "arith": 0.5}
+
+
+def test_callback_maps_trainer_logs_to_gauges():
+    cb = PrometheusMetricsCallback("ns", "job", serve=False)
+    args = SimpleNamespace(world_size=1, max_length=32)
+    state = TrainerState()
+    state.max_steps = 50
+    control = TrainerControl()
+    cb.on_train_begin(args, state, control)
+    state.global_step = 3
+    cb.on_step_end(args, state, control)
+    cb.on_log(args, state, control, logs={"loss": 2.5, "learning_rate": 1e-3, "grad_norm": 0.7,
+                                          "num_tokens": 1000.0})
+    cb.on_log(args, state, control, logs={"loss": 2.0, "learning_rate": 9e-4, "grad_norm": 0.5,
+                                          "num_tokens": 3000.0})
+    cb.on_log(args, state, control, logs={"eval_loss": 1.9, "eval_upper_loss": 1.7,
+                                          "eval_runtime": 0.1, "eval_num_tokens": 10.0})
+    g = lambda name, **kw: cb.metrics.registry.get_sample_value(  # noqa: E731
+        name, {"namespace": "ns", "sftjob": "job", **kw})
+    assert g("sftjob_step") == 3
+    assert g("sftjob_total_steps") == 50
+    assert g("sftjob_train_loss") == 2.0
+    assert g("sftjob_learning_rate") == 9e-4
+    assert g("sftjob_grad_norm") == 0.5
+    assert g("sftjob_tokens_total") == 3000
+    assert g("sftjob_tokens_per_second") > 0
+    assert g("sftjob_eval_loss", task_type="all") == 1.9
+    assert g("sftjob_eval_loss", task_type="upper") == 1.7
+    assert g("sftjob_eval_loss", task_type="runtime") is None
+    assert g("sftjob_mfu_ratio") == 0  # no known peak on the CPU
+
+
+def test_eval_losses_parsing():
+    assert eval_losses({"eval_loss": 1, "eval_a_b_loss": 2, "eval_runtime": 3, "loss": 4}) == {
+        "all": 1.0, "a_b": 2.0
+    }
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA L4", 121e12),
+    ("NVIDIA L40S", 362e12),
+    ("Some CPU", None),
+    (None, None),
+])
+def test_peak_table(name, peak):
+    assert peak_flops_for(name, env={}) == peak
+
+
+def test_peak_override_and_mfu_formula():
+    assert peak_flops_for(None, env={"SFT_PEAK_FLOPS": "1e12"}) == 1e12
+    fpt = flops_per_token(1_000_000, n_layers=2, hidden=64, seq_len=128)
+    assert fpt == 6e6 + 12 * 2 * 64 * 128
+    # 1000 tok/s on 2 devices with a 1e10 FLOP/s peak each
+    assert mfu(1000, fpt, 1e10, 2) == pytest.approx(1000 * fpt / 2e10)
+    assert mfu(1000, fpt, None) == 0.0
+
+
+def test_serve_on_a_free_port_exposes_metrics_over_http():
+    m = TrainerMetrics("ns", "job")
+    port = m.serve(0, addr="127.0.0.1")
+    try:
+        m.set("sftjob_train_loss", 1.5)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'sftjob_train_loss{namespace="ns",sftjob="job"} 1.5' in body
+    finally:
+        m.shutdown()

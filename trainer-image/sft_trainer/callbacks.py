@@ -1,0 +1,502 @@
+"""``transformers.TrainerCallback``s: checkpoint commit, Prometheus metrics, progress, SIGTERM.
+
+Every process runs the callbacks (the trainer calls them on all ranks), but only rank 0 does I/O,
+except for checkpoint uploads: on several nodes, each node's local rank 0 uploads the files that
+its node wrote (DeepSpeed ZeRO shards), and world rank 0 writes the commit marker once all of
+them are done.
+
+``build_callbacks()`` returns them wired together and in the order they must run.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from transformers import TrainerCallback
+
+from .checkpoint_store import CheckpointError, CheckpointStore, FileEntry
+from .metrics import OVERALL_TASK, TrainerMetrics, model_flops_per_token, mfu, peak_flops_for
+from .progress import LogReporter, ProgressReporter, format_line
+
+log = logging.getLogger(__name__)
+
+_EVAL_TASK_RE = re.compile(r"^eval_(.+)_loss$")
+
+
+# ---------------------------------------------------------------------------- helpers
+def _dist():
+    """torch.distributed if a process group is up with more than one process, else None."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is always there in the trainer
+        return None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def _flag_tensor(dist: Any, value: int) -> Any:
+    import torch
+
+    device = "cpu"
+    if dist.get_backend() == "nccl":  # NCCL collectives need CUDA tensors
+        device = torch.device("cuda", torch.cuda.current_device())
+    return torch.tensor([value], dtype=torch.int32, device=device)
+
+
+def any_rank(flag: bool) -> bool:
+    """True if ``flag`` is true on any rank (all ranks must call this at the same point)."""
+    dist = _dist()
+    if dist is None:
+        return flag
+    t = _flag_tensor(dist, 1 if flag else 0)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def eval_losses(logs: dict[str, Any]) -> dict[str, float]:
+    """task_type -> eval loss from HF eval metrics (``eval_loss`` is the overall 'all')."""
+    out: dict[str, float] = {}
+    for k, v in logs.items():
+        if not isinstance(v, (int, float)):
+            continue
+        if k == "eval_loss":
+            out[OVERALL_TASK] = float(v)
+        else:
+            m = _EVAL_TASK_RE.match(k)
+            if m:
+                out[m.group(1)] = float(v)
+    return out
+
+
+def eta_seconds(step_durations: Iterable[float], step: int, total_steps: int) -> float | None:
+    """Remaining time from the moving average of recent step durations; None before any step."""
+    d = [x for x in step_durations if x > 0]
+    if not d or total_steps <= 0:
+        return None
+    return max(0, total_steps - step) * (sum(d) / len(d))
+
+
+class TokenRate:
+    """Tokens/s between consecutive logs, from TRL's cumulative ``num_tokens`` (all ranks)."""
+
+    def __init__(self) -> None:
+        self.total: float | None = None
+        self.rate: float | None = None
+        self._last: tuple[float, float] | None = None  # (time, tokens)
+
+    def start(self, tokens: float = 0.0) -> None:
+        self._last = (time.monotonic(), tokens)
+
+    def update(self, logs: dict[str, Any], state: Any) -> float | None:
+        tokens = logs.get("num_tokens")
+        if tokens is None:
+            tokens = getattr(state, "num_input_tokens_seen", 0) or None
+        if tokens is None:
+            return self.rate
+        now = time.monotonic()
+        if self._last is not None and now > self._last[0] and tokens >= self._last[1]:
+            if tokens > self._last[1]:
+                self.rate = (tokens - self._last[1]) / (now - self._last[0])
+        self._last = (now, float(tokens))
+        self.total = float(tokens)
+        return self.rate
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------- SIGTERM
+class SigtermCallback(TrainerCallback):
+    """On SIGTERM: finish the current step, save, commit and stop.
+
+    The handler only sets a flag; at the next step end, the ranks agree (all-reduce) so that all
+    of them stop at the same step, and the trainer saves a checkpoint (which
+    ``CheckpointCommitCallback`` commits) and leaves its loop. ``received`` tells the entrypoint
+    to exit with the retryable code.
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,), install: bool = True):
+        self.signals = tuple(signals)
+        self.received = False
+        self.stopped_at_step: int | None = None
+        self._previous: dict[int, Any] = {}
+        if install:
+            self.install()
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("SIGTERM handler not installed: not on the main thread")
+            return
+        for s in self.signals:
+            if s not in self._previous:
+                self._previous[s] = signal.signal(s, self._handle)
+
+    def uninstall(self) -> None:
+        for s, prev in self._previous.items():
+            signal.signal(s, prev)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if not self.received:
+            log.warning("received signal %d: saving a checkpoint at the end of this step", signum)
+        self.received = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if any_rank(self.received):
+            self.received = True
+            self.stopped_at_step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+# ---------------------------------------------------------------------------- checkpoints
+class CheckpointCommitCallback(TrainerCallback):
+    """Commit each checkpoint the trainer writes to the store, then apply retention.
+
+    HF writes ``<output_dir>/checkpoint-<step>/`` (model or adapter, optimizer, scheduler,
+    rng_state*, trainer_state.json with the data position) and then calls ``on_save``.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        keep: int,
+        *,
+        metrics: TrainerMetrics | None = None,
+        reporter: ProgressReporter | None = None,
+        best_metric: str = "eval_loss",
+        greater_is_better: bool = False,
+        attempts: int = 3,
+    ):
+        self.store = store
+        self.keep = keep
+        self.metrics = metrics
+        self.reporter = reporter
+        self.best_metric = best_metric
+        self.greater_is_better = greater_is_better
+        self.attempts = max(1, attempts)
+        self.last_commit: dict[str, Any] | None = None
+        self._t0: float | None = None
+
+    # Save time = from the step end that decided to save (after any evaluation) to the commit.
+    def on_step_end(self, args, state, control, **kwargs):
+        self._t0 = time.monotonic() if control.should_save else None
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self._t0 is not None:
+            self._t0 = time.monotonic()
+
+    @staticmethod
+    def checkpoint_metrics(log_history: list[dict[str, Any]], step: int) -> dict[str, Any]:
+        """Metrics recorded in the manifest: evaluation at exactly this step, latest train loss."""
+        out: dict[str, Any] = {}
+        for entry in log_history:
+            if entry.get("step") != step:
+                continue
+            for k, v in entry.items():
+                if k.startswith("eval_") and isinstance(v, (int, float)):
+                    out[k] = v
+        for entry in reversed(log_history):
+            if "loss" in entry and entry.get("step", 0) <= step:
+                out["train_loss"] = entry["loss"]
+                break
+        return out
+
+    def _with_retries(self, what: str, fn, *a):
+        for i in range(self.attempts):
+            try:
+                return fn(*a)
+            except (OSError, CheckpointError) as e:
+                if i + 1 == self.attempts:
+                    raise
+                log.warning("%s failed (%s); retrying", what, e)
+                time.sleep(2.0 * (i + 1))
+
+    def on_save(self, args, state, control, **kwargs):
+        step = state.global_step
+        local_dir = Path(args.output_dir) / f"checkpoint-{step}"
+        t0 = self._t0 if self._t0 is not None else time.monotonic()
+        dist = _dist()
+        if dist is None:
+            if not state.is_world_process_zero:
+                return
+            uri = self._with_retries(
+                f"commit of step {step}", self.store.commit, local_dir, step,
+                self.checkpoint_metrics(state.log_history, step),
+            )
+        else:
+            uri = self._commit_distributed(dist, state, local_dir, step)
+        if state.is_world_process_zero:
+            self._after_commit(step, uri, time.monotonic() - t0)
+        self._t0 = None
+
+    def _commit_distributed(self, dist, state, local_dir: Path, step: int) -> str | None:
+        # every rank has finished writing its part of the checkpoint
+        dist.barrier()
+        if state.is_world_process_zero:
+            self.store.begin(step)
+        dist.barrier()
+        entries: list[FileEntry] = []
+        if state.is_local_process_zero and local_dir.is_dir():
+            entries = self._with_retries(f"upload of step {step}", self.store.upload, local_dir, step)
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, entries)
+        uri = None
+        if state.is_world_process_zero:
+            merged = [e for part in gathered for e in (part or [])]
+            uri = self.store.write_marker(
+                step, merged, self.checkpoint_metrics(state.log_history, step)
+            )
+        dist.barrier()
+        return uri
+
+    def _after_commit(self, step: int, uri: str | None, seconds: float) -> None:
+        saved_at = _utcnow()
+        self.last_commit = {"step": step, "uri": uri, "savedAt": saved_at, "seconds": seconds}
+        log.info("committed checkpoint %d to %s in %.1fs", step, uri, seconds)
+        if self.metrics is not None:
+            self.metrics.observe_checkpoint(step, seconds)
+        if self.reporter is not None:
+            self.reporter.report({"checkpoint": {"step": step, "uri": uri, "savedAt": saved_at}})
+        try:
+            self.store.apply_retention(self.keep, self.best_metric, self.greater_is_better)
+        except OSError as e:  # retention is housekeeping: never lose the run over it
+            log.warning("checkpoint retention failed: %s", e)
+
+
+# ---------------------------------------------------------------------------- metrics
+class PrometheusMetricsCallback(TrainerCallback):
+    """Serves ``/metrics`` from rank 0 and keeps the ARCHITECTURE §4 gauges current.
+
+    ``port``: ``None`` reads ``SFT_METRICS_PORT`` (default 9400); 0 picks a free port (tests).
+    """
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        job: str | None = None,
+        port: int | None = None,
+        *,
+        metrics: TrainerMetrics | None = None,
+        seq_len: int | None = None,
+        serve: bool = True,
+    ):
+        self.metrics = metrics or TrainerMetrics(
+            namespace or os.environ.get("SFT_JOB_NAMESPACE", "local"),
+            job or os.environ.get("SFT_JOB_NAME", "local"),
+        )
+        self.port = port
+        self.serve = serve
+        self.seq_len = seq_len
+        self.tokens = TokenRate()
+        self.flops_per_token = 0.0
+        self.peak_flops: float | None = None
+        self.n_devices = 1
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.serve:
+            self.port = self.metrics.serve(self.port)
+        self.metrics.set("sftjob_total_steps", state.max_steps)
+        self.metrics.set("sftjob_step", state.global_step)
+        self.tokens.start(0.0)
+        self.n_devices = max(1, int(getattr(args, "world_size", 1) or 1))
+        seq_len = self.seq_len or getattr(args, "max_length", None) or 0
+        if model is not None:
+            self.flops_per_token = model_flops_per_token(model, int(seq_len))
+        self.peak_flops = peak_flops_for(_cuda_device_name())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.metrics.set("sftjob_step", state.global_step)
+        self.metrics.set("sftjob_total_steps", state.max_steps)
+        mem = _cuda_max_memory()
+        if mem is not None:
+            self.metrics.set("sftjob_gpu_memory_used_bytes", mem)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            self.metrics.set("sftjob_train_loss", logs["loss"])
+        if "learning_rate" in logs:
+            self.metrics.set("sftjob_learning_rate", logs["learning_rate"])
+        if logs.get("grad_norm") is not None:
+            self.metrics.set("sftjob_grad_norm", logs["grad_norm"])
+        for task, v in eval_losses(logs).items():
+            self.metrics.set_eval_loss(v, task)
+        if "loss" in logs:  # train logs carry the token count; eval logs count eval tokens
+            rate = self.tokens.update(logs, state)
+            if self.tokens.total is not None:
+                self.metrics.set("sftjob_tokens_total", self.tokens.total)
+            if rate is not None:
+                self.metrics.set("sftjob_tokens_per_second", rate)
+                self.metrics.set(
+                    "sftjob_mfu_ratio",
+                    mfu(rate, self.flops_per_token, self.peak_flops, self.n_devices),
+                )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero and metrics:
+            for task, v in eval_losses(metrics).items():
+                self.metrics.set_eval_loss(v, task)
+
+
+def _cuda_device_name() -> str | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.cuda.current_device())
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _cuda_max_memory() -> int | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.max_memory_allocated())
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------- progress
+class ProgressCallback(TrainerCallback):
+    """Reports ``status.progress``/``metrics``/``worldSize`` to the operator and the console.
+
+    Reports are rate-limited to one every ``min_interval_s`` seconds, plus one at each checkpoint
+    and at the end; the console gets one summary line per logging step.
+    """
+
+    def __init__(
+        self,
+        reporter: ProgressReporter | None = None,
+        *,
+        min_interval_s: float = 10.0,
+        window: int = 20,
+        console: bool = True,
+    ):
+        self.reporter = reporter if reporter is not None else LogReporter()
+        self.min_interval_s = min_interval_s
+        self.console = console
+        self.step_durations: collections.deque[float] = collections.deque(maxlen=window)
+        self.tokens = TokenRate()
+        self.latest: dict[str, float] = {}
+        self._last_step_t: float | None = None
+        self._last_report_t = float("-inf")
+        self.world_size = 1
+
+    def snapshot(self, state: Any) -> dict[str, Any]:
+        total = int(state.max_steps or 0)
+        step = int(state.global_step)
+        progress: dict[str, Any] = {"step": step, "totalSteps": total}
+        if state.epoch is not None:
+            progress["epoch"] = round(float(state.epoch), 4)
+        if total:
+            progress["percent"] = round(100.0 * step / total, 2)
+        eta = eta_seconds(self.step_durations, step, total)
+        if eta is not None:
+            progress["etaSeconds"] = int(round(eta))
+        patch: dict[str, Any] = {"progress": progress}
+        if self.latest:
+            patch["metrics"] = dict(self.latest)
+        return patch
+
+    def _report(self, state: Any, **extra: Any) -> None:
+        patch = self.snapshot(state)
+        patch.update(extra)
+        self.reporter.report(patch)
+        self._last_report_t = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_step_t = time.monotonic()
+        self.tokens.start(0.0)
+        self.world_size = int(getattr(args, "world_size", 1) or 1)
+        if state.is_world_process_zero:
+            self._report(state, worldSize=self.world_size)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        if self._last_step_t is not None:
+            self.step_durations.append(now - self._last_step_t)
+        self._last_step_t = now
+        if state.is_world_process_zero and now - self._last_report_t >= self.min_interval_s:
+            self._report(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            self.latest["trainLoss"] = float(logs["loss"])
+            rate = self.tokens.update(logs, state)
+            if rate is not None:
+                self.latest["tokensPerSecond"] = round(rate, 1)
+        if "learning_rate" in logs:
+            self.latest["learningRate"] = float(logs["learning_rate"])
+        if "eval_loss" in logs:
+            self.latest["evalLoss"] = float(logs["eval_loss"])
+        if self.console and ("loss" in logs or "eval_loss" in logs):
+            log.info("%s", format_line(self.snapshot(state)))
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._report(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._report(state)
+            flush = getattr(self.reporter, "flush", None)
+            if flush is not None:
+                flush(10.0)
+
+
+# ---------------------------------------------------------------------------- wiring
+def build_callbacks(
+    *,
+    store: CheckpointStore | None,
+    keep: int = 3,
+    reporter: ProgressReporter | None = None,
+    namespace: str | None = None,
+    job: str | None = None,
+    metrics_port: int | None = None,
+    serve_metrics: bool = True,
+    seq_len: int | None = None,
+    progress_interval_s: float = 10.0,
+    handle_sigterm: bool = True,
+) -> list[TrainerCallback]:
+    """The trainer's callbacks, wired together, in the order they must run.
+
+    SigtermCallback comes first so that its ``should_save`` is seen by the commit callback's
+    timer; the commit callback comes before ProgressCallback so that the checkpoint is reported
+    before the progress that follows it.
+    """
+    reporter = reporter if reporter is not None else LogReporter()
+    cbs: list[TrainerCallback] = []
+    if handle_sigterm:
+        cbs.append(SigtermCallback())
+    prom = PrometheusMetricsCallback(
+        namespace, job, metrics_port, seq_len=seq_len, serve=serve_metrics
+    )
+    cbs.append(prom)
+    if store is not None:
+        cbs.append(CheckpointCommitCallback(store, keep, metrics=prom.metrics, reporter=reporter))
+    cbs.append(ProgressCallback(reporter, min_interval_s=progress_interval_s))
+    return cbs
