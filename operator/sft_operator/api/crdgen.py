@@ -326,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail when a committed file differs from a fresh generation")
     args = parser.parse_args(argv)
+    def shown(path: Path) -> str:
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
     stale = []
     for path, render in GENERATED.items():
         text = render()
@@ -336,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         elif current != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            print(f"wrote {path.relative_to(REPO)}")
+            print(f"wrote {shown(path)}")
     if stale:
-        names = ", ".join(str(p.relative_to(REPO)) for p in stale)
+        names = ", ".join(shown(p) for p in stale)
         print(f"generated files are stale: {names}; run `python -m sft_operator.api.crdgen`", file=sys.stderr)
         return 1
     return 0
