@@ -158,16 +158,34 @@ def test_disruption_sets_disruption_target_and_job_ignores_it(kube_api, namespac
     assert not batch.read_namespaced_job("disrupted", namespace).status.failed
 
 
-def test_lost_node_pods_are_failed_by_pod_gc(kube_api, namespace, kwok_pods, dev_cluster):
+def test_lost_node_fast_marks_pods_like_pod_gc(kube_api, namespace, kwok_pods):
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_pod(namespace, _pod("on-lost-node", gpus=8))
+    (pod,) = kwok_pods.wait_for_pods(namespace, "", count=1, timeout=60)
+    node = pod.spec.node_name
+    try:
+        lost = kwok_pods.lose_node(node)
+        assert [p.metadata.name for p in lost] == ["on-lost-node"]
+        got = core.read_namespaced_pod("on-lost-node", namespace)
+        assert got.status.phase == "Failed"
+        cond = next(c for c in got.status.conditions if c.type == "DisruptionTarget")
+        assert (cond.status, cond.reason) == ("True", "DeletionByPodGC")
+        assert node not in [n.metadata.name for n in core.list_node().items]
+    finally:
+        kwok_pods.restore_node(node)
+        _wait(lambda: any(c.type == "Ready" and c.status == "True"
+                          for c in (core.read_node(node).status.conditions or [])), 60, f"{node} Ready again")
+
+
+def test_lost_node_real_pod_gc_fails_and_deletes_pods(kube_api, namespace, kwok_pods):
     core = client.CoreV1Api(kube_api)
     core.create_namespaced_pod(namespace, _pod("orphan", gpus=8))
     (pod,) = kwok_pods.wait_for_pods(namespace, "", count=1, timeout=60)
     node = pod.spec.node_name
     try:
-        lost = kwok_pods.lose_node(node)
-        assert pod.metadata.name in [p.metadata.name for p in lost]
-        # The controller-manager's pod GC removes pods bound to a node that no longer exists.
-        kwok_pods.wait_for_deleted(namespace, "orphan", timeout=120)
+        kwok_pods.lose_node(node, fast=False)
+        # Nothing but the controller-manager acts now: pod GC deletes the pod of the vanished node.
+        kwok_pods.wait_for_deleted(namespace, "orphan", timeout=150)
     finally:
         kwok_pods.restore_node(node)
         _wait(lambda: any(c.type == "Ready" and c.status == "True"

@@ -54,11 +54,21 @@ class PodDriver:
         self.set_outcome(namespace, name, "evict", reason=reason)
         return self.wait_for_phase(namespace, name, "Failed", timeout) if wait else None
 
-    def lose_node(self, node: str) -> list[client.V1Pod]:
+    def lose_node(self, node: str, fast: bool = True, timeout: float = 30) -> list[client.V1Pod]:
         """Delete the Node, as when a machine disappears; returns the pods that were bound to it.
-        The controller-manager's pod GC then marks them Failed with DisruptionTarget
-        (reason DeletionByPodGC) and deletes them, after its 40s quarantine."""
-        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+
+        The real controller-manager then fails those pods (DisruptionTarget, reason DeletionByPodGC)
+        and deletes them, but only after pod GC's fixed 40s quarantine plus its 20s period. With
+        ``fast`` the pods get that same condition and phase Failed through kwok first, so tests
+        need not wait a minute; ``fast=False`` leaves everything to the real pod GC.
+        """
+        pods = [p for p in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+                if p.status.phase not in ("Succeeded", "Failed")]
+        if fast:
+            for p in pods:
+                self.set_outcome(p.metadata.namespace, p.metadata.name, "evict", reason="DeletionByPodGC")
+            for p in pods:
+                self.wait_for_phase(p.metadata.namespace, p.metadata.name, "Failed", timeout)
         self.core.delete_node(node)
         return pods
 
