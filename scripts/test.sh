@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs the pinned Python environment, builds (or reuses)
+# the Kubernetes control-plane binaries from the Go module proxy, installs Prometheus from Debian, then
+# runs unit, integration (real kube-apiserver, SeaweedFS S3, Prometheus) and e2e tests.
+# Extra arguments go to pytest, e.g. `scripts/test.sh tests/unit -x`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+log="$(mktemp -d)"
+start=$(date +%s)
+
+# The Go build needs only the standard library and Go, so it runs alongside the pip install.
+PYTHONPATH="$root/operator" python3 -m sft_operator.devcluster.build >"$log/build.out" 2>"$log/build.err" &
+build_pid=$!
+venv="$(bash scripts/venv.sh)"
+echo "python env ready: $venv ($(( $(date +%s) - start ))s)"
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "installing Prometheus (Debian package)"
+  if ! (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }); then
+    echo "error: could not install Debian's prometheus package (needed for promtool and the scrape tests)" >&2
+    exit 1
+  fi
+fi
+if ! wait "$build_pid"; then
+  echo "error: building the Kubernetes control-plane binaries failed:" >&2
+  tail -n 40 "$log/build.err" >&2
+  exit 1
+fi
+cat "$log/build.out"
+echo "binaries ready ($(( $(date +%s) - start ))s)"
+
+"$venv/bin/python" -m sft_operator.api.crdgen --check
+export PATH="$venv/bin:$PATH"
+set +e
+"$venv/bin/pytest" "${@:-tests}"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"
