@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import sys
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -265,11 +265,12 @@ def _default(field: FieldInfo) -> str:
         return "**required**"
     if field.default_factory is not None:
         value = field.default_factory()
-        return "`{}`" if isinstance(value, BaseModel) else f"`{value}`"
+        return "`{}`" if isinstance(value, BaseModel) else f"`{json.dumps(value)}`"
     value = field.default
     if value is None:
         return ""
-    return f"`{getattr(value, 'value', value)}`"
+    value = getattr(value, "value", value)
+    return f"`{value}`" if isinstance(value, str) else f"`{json.dumps(value)}`"
 
 
 def render_api_doc() -> str:
