@@ -1,0 +1,34 @@
+"""Every file in examples/ is applied and reconciled to running pods on the dev cluster."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_reaches_running_pods(operator, sft, path):
+    body = yaml.safe_load(path.read_text())
+    name = body["metadata"]["name"]
+    nodes = body["spec"].get("workers", {}).get("nodes", 1)
+    sft.apply(body)
+    try:
+        queue = (body["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+        if queue:  # admit it, as Kueue would
+            sft.wait(name, lambda s: s.get("phase") == "Pending" and any(c.get("reason") == "Queued" for c in s.get("conditions", [])), 30, "Queued")
+            [job] = sft.jobs(name, 1)
+            sft.batch.patch_namespaced_job(job.metadata.name, sft.ns, {"spec": {"suspend": False}})
+        pods = sft.running_pods(name, 1, nodes, timeout=60)
+        assert len(pods) == nodes
+        st = sft.wait_phase(name, "Running", 30)
+        assert st["attempt"] == 1
+    finally:
+        sft.delete(name)
+        deadline = time.monotonic() + 60
+        while sft.pods(name) and time.monotonic() < deadline:  # free the GPUs for the next example
+            time.sleep(0.3)

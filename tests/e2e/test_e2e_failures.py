@@ -1,0 +1,132 @@
+"""Failure policies on the real control plane: restart the gang, preemption, limits, non-retryable
+exit codes, stalls, deadline, node loss."""
+
+from __future__ import annotations
+
+import time
+
+from sft_e2e_helpers import cond, sftjob_manifest
+
+
+def _env(job) -> dict:
+    return {e.name: e.value for e in job.spec.template.spec.containers[0].env}
+
+
+def wait_job(sft, name, attempt, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = sft.jobs(name, attempt)
+        if jobs:
+            return jobs[0]
+        time.sleep(0.1)
+    raise AssertionError(f"Job of {name} attempt {attempt} not created in {timeout}s")
+
+
+def test_pod_failure_restarts_the_whole_gang(operator, sft, kwok_pods):
+    name = "restart"
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
+    pods = sft.running_pods(name, 1, 2)
+    sft.wait_phase(name, "Running")
+    kwok_pods.fail(sft.ns, pods[1].metadata.name, exit_code=3)
+
+    job2 = wait_job(sft, name, 2)
+    # Attempt 2 exists only once no pod of attempt 1 is left.
+    assert sft.pods(name, 1) == [] and sft.jobs(name, 1) == []
+    env = _env(job2)
+    assert env["SFT_ATTEMPT"] == "2" and env["SFT_RESUME"] == "latest"
+    st = sft.status(name)
+    assert st["attempt"] == 2 and st["restarts"] == 1 and st["preemptions"] == 0
+    c = cond(st, "Restarting")
+    assert c["reason"] == "PodFailed" and pods[1].metadata.name in c["message"] and "exited with code 3" in c["message"]
+    assert st["lastFailure"]["pod"] == pods[1].metadata.name and st["lastFailure"]["exitCode"] == 3
+    assert st["lastFailure"]["node"] == pods[1].spec.node_name
+
+    sft.running_pods(name, 2, 2)
+    st = sft.wait_phase(name, "Running")
+    assert st["restarts"] == 1 and cond(st, "Restarting")["status"] == "False"
+    assert "PodFailed" in [e.reason for e in sft.events(name)]
+
+
+def test_eviction_counts_as_preemption(operator, sft, kwok_pods):
+    name = "evicted"
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
+    pods = sft.running_pods(name, 1, 2)
+    sft.wait_phase(name, "Running")
+    kwok_pods.evict(sft.ns, pods[0].metadata.name)
+    st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2")
+    assert st["preemptions"] == 1 and st["restarts"] == 0
+    assert cond(st, "Restarting")["reason"] == "Evicted"
+    sft.running_pods(name, 2, 2)
+    st = sft.wait_phase(name, "Running")
+    assert st["preemptions"] == 1 and st["restarts"] == 0
+
+
+def test_max_restarts_exhausted(operator, sft, kwok_pods):
+    name = "exhaust"
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=1, failurePolicy={"maxRestarts": 1}))
+    [p1] = sft.running_pods(name, 1, 1)
+    kwok_pods.fail(sft.ns, p1.metadata.name, exit_code=7)
+    [p2] = sft.running_pods(name, 2, 1)
+    kwok_pods.fail(sft.ns, p2.metadata.name, exit_code=7)
+    st = sft.wait_phase(name, "Failed", 30)
+    c = cond(st, "Failed")
+    assert c["reason"] == "MaxRestartsExceeded" and p2.metadata.name in c["message"] and "code 7" in c["message"]
+    assert st["restarts"] == 1 and st["attempt"] == 2 and st["completionTime"]
+    time.sleep(2)
+    assert sft.jobs(name, 3) == []  # no further attempt
+
+
+def test_non_retryable_exit_code_fails_at_once(operator, sft, kwok_pods):
+    name = "topology"
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
+    pods = sft.running_pods(name, 1, 2)
+    kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=66)
+    st = sft.wait_phase(name, "Failed", 30)
+    assert cond(st, "Failed")["reason"] == "TopologyMismatch"
+    assert st["restarts"] == 0 and st["attempt"] == 1
+    time.sleep(2)
+    assert sft.jobs(name, 2) == []
+
+
+def test_stall_sets_stalled_and_restarts(operator, sft):
+    name = "stall"
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=1, failurePolicy={"stallTimeoutSeconds": 3, "maxRestarts": 5}))
+    sft.running_pods(name, 1, 1)
+    sft.wait_phase(name, "Running")
+    sft.report_progress(name, {"progress": {"step": 1, "totalSteps": 100}})
+    st = sft.wait(name, lambda s: cond(s, "Stalled").get("status") == "True", 20, "Stalled")
+    assert cond(st, "Stalled")["reason"] == "Stalled" and "no progress" in cond(st, "Stalled")["message"]
+    st = sft.wait(name, lambda s: s.get("attempt", 0) >= 2 and s.get("restarts", 0) >= 1, 10, "restart")
+    assert st["preemptions"] == 0
+    sft.running_pods(name, 2, 1)
+    sft.wait_phase(name, "Running")
+    sft.report_progress(name, {"progress": {"step": 2, "totalSteps": 100}})
+    sft.wait(name, lambda s: cond(s, "Stalled").get("status") == "False", 10, "Stalled cleared by progress")
+
+
+def test_active_deadline(operator, sft):
+    name = "deadline"
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=1, activeDeadlineSeconds=3))
+    sft.running_pods(name, 1, 1)
+    st = sft.wait_phase(name, "Failed", 20)
+    assert cond(st, "Failed")["reason"] == "DeadlineExceeded"
+    deadline = time.monotonic() + 20
+    while sft.pods(name) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert sft.pods(name) == []
+
+
+def test_node_loss_counts_as_preemption(operator, sft, kwok_pods):
+    name = "nodeloss"
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=8))
+    pods = sft.running_pods(name, 1, 2)
+    sft.wait_phase(name, "Running")
+    lost = pods[1].spec.node_name
+    kwok_pods.lose_node(lost)
+    try:
+        st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2 after node loss")
+        assert st["preemptions"] == 1 and st["restarts"] == 0
+        assert cond(st, "Restarting")["reason"] == "NodeLost" and lost in cond(st, "Restarting")["message"]
+    finally:
+        kwok_pods.restore_node(lost)
+    sft.running_pods(name, 2, 2, timeout=60)

@@ -1,0 +1,121 @@
+"""The operator's ClusterRole (rbac.OPERATOR_RULES) on the real apiserver: impersonating the operator's
+ServiceAccount, a real reconcile does its work; Secrets and unrelated resources stay out of reach."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime, timezone
+
+import pytest
+from kubernetes import client
+from sft_integration_helpers import create_sftjob, impersonating, status_code
+
+from sft_operator.apply import KubeApi, write_result
+from sft_operator.observe import observe
+from sft_operator.rbac import OPERATOR_RULES
+from sft_operator.reconcile import reconcile, validate_body
+from sft_operator.settings import OperatorSettings
+
+
+@pytest.fixture
+def operator_identity(kube_api, namespace):
+    """ServiceAccount `sft-operator` bound to a ClusterRole made of OPERATOR_RULES."""
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    core = client.CoreV1Api(kube_api)
+    role = f"sft-operator-{secrets.token_hex(3)}"
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "sft-operator"}})
+    rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "sft-operator", "namespace": namespace}],
+    })
+    user = f"system:serviceaccount:{namespace}:sft-operator"
+    api = impersonating(kube_api, user)
+    # RBAC caches refresh quickly but not instantly.
+    deadline = time.monotonic() + 10
+    while status_code(lambda: client.BatchV1Api(api).list_namespaced_job(namespace)) != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    yield api, user
+    api.close()
+    rbac.delete_cluster_role_binding(role)
+    rbac.delete_cluster_role(role)
+
+
+def one_pass(kapi: KubeApi, namespace: str, name: str):
+    body = kapi.get("SFTJob", namespace, name)
+    sel = f"sft.dev/job-name={name}"
+    nodes = [n["metadata"]["name"] for n in kapi.request("GET", "/api/v1/nodes")["items"]]
+    obs = observe(name, kapi.list("Job", namespace, sel), kapi.list("Pod", namespace, sel), nodes)
+    result = reconcile(body, obs, datetime.now(timezone.utc), OperatorSettings(trainer_image="t:1"), validate=validate_body)
+    write_result(kapi, body, result)
+    return result
+
+
+def test_operator_can_do_its_work(kube_api, namespace, sftjob_crd, operator_identity, kwok_pods):
+    api, _ = operator_identity
+    create_sftjob(kube_api, "work", namespace, ttlSecondsAfterFinished=0)
+    kapi = KubeApi(api)
+    r = one_pass(kapi, namespace, "work")  # creates SA, Role (granting sftjobs/status), RoleBinding, CM, Service, Job
+    assert [o["kind"] for o in r.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    job = client.BatchV1Api(kube_api).read_namespaced_job("work-a1", namespace)
+    assert "sft-operator" in {m.manager for m in job.metadata.managed_fields}
+    pods = kwok_pods.wait_for_pods(namespace, "sft.dev/job-name=work", 1)
+    one_pass(kapi, namespace, "work")
+    # A failure: the operator tears the attempt down (deletes Job, Service, ConfigMap, pods) under its role.
+    kwok_pods.fail(namespace, pods[0].metadata.name, exit_code=1)
+    r = one_pass(kapi, namespace, "work")
+    assert r.status["restarts"] == 1 and {d.kind for d in r.delete} >= {"Job", "Service", "ConfigMap", "Pod"}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = one_pass(kapi, namespace, "work")
+        if any(o["kind"] == "Job" for o in r.apply):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("attempt 2 never created")
+    # Success, then TTL 0: the operator removes every child, including the per-job Role.
+    pods = kwok_pods.wait_for_pods(namespace, "sft.dev/attempt=2", 1)
+    kwok_pods.succeed(namespace, pods[0].metadata.name)
+    deadline = time.monotonic() + 30
+    while one_pass(kapi, namespace, "work").status.get("phase") != "Succeeded" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    r = one_pass(kapi, namespace, "work")
+    assert {d.kind for d in r.delete} >= {"Role", "RoleBinding", "ServiceAccount", "Job"}
+    assert status_code(lambda: client.RbacAuthorizationV1Api(kube_api).read_namespaced_role("work-trainer", namespace)) == 404
+    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace, field_selector="involvedObject.name=work").items
+    assert {"AttemptCreated", "PodFailed", "Completed", "TTLExpired"} <= {e.reason for e in events}
+
+
+def test_operator_cannot_read_secrets_or_touch_unrelated_resources(kube_api, namespace, operator_identity):
+    api, _ = operator_identity
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    client.CoreV1Api(kube_api).create_namespaced_secret(namespace, {"metadata": {"name": "s3-credentials"}, "stringData": {"AWS_ACCESS_KEY_ID": "x"}})
+    assert status_code(lambda: core.read_namespaced_secret("s3-credentials", namespace)) == 403
+    assert status_code(lambda: core.list_namespaced_secret(namespace)) == 403
+    assert status_code(lambda: core.list_secret_for_all_namespaces()) == 403
+    assert status_code(lambda: apps.list_namespaced_deployment(namespace)) == 403
+    assert status_code(lambda: core.delete_node("gpu-node-0")) == 403
+    assert status_code(lambda: core.delete_namespace(namespace)) == 403
+    assert status_code(lambda: core.create_namespaced_pod(namespace, {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})) == 403
+    assert status_code(lambda: client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace)) == 403
+    assert status_code(lambda: client.RbacAuthorizationV1Api(api).create_cluster_role({"metadata": {"name": "x"}, "rules": []})) == 403
+    # No escalation: it cannot grant a Role with rights it lacks (Secrets).
+    rbac = client.RbacAuthorizationV1Api(api)
+    evil = {"metadata": {"name": "evil"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}
+    assert status_code(lambda: rbac.create_namespaced_role(namespace, evil)) == 403
+
+
+@pytest.mark.parametrize(
+    "group, resource, verb",
+    [("sft.dev", "sftjobs", "watch"), ("", "pods", "watch"), ("batch", "jobs", "watch"), ("", "nodes", "watch"),
+     ("kopf.dev", "clusterkopfpeerings", "patch"), ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+     ("", "namespaces", "watch"), ("", "events", "create")],
+)
+def test_kopf_needs_are_granted(kube_api, operator_identity, group, resource, verb):
+    _, user = operator_identity
+    review = client.AuthorizationV1Api(kube_api).create_subject_access_review({
+        "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
+                 "resourceAttributes": {"group": group, "resource": resource, "verb": verb}}})
+    assert review.status.allowed, f"{verb} {group}/{resource}"
