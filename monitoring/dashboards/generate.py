@@ -149,7 +149,11 @@ def build() -> dict:
          .with_panel(ts("Operator", "Operator version (sftoperator_build_info always reads 1 while it is up).", "short",
                         q("sum by (version) (sftoperator_build_info)", "{{version}}"), w=12).min(0))
          )
-    return json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    out = json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    # Stable panel ids in layout order: links to a panel (viewPanel=<id>) survive regeneration.
+    for n, panel in enumerate(out["panels"], start=1):
+        panel["id"] = n
+    return out
 
 
 def render() -> str:
