@@ -1,0 +1,278 @@
+"""Scale benchmark of the operator on the dev cluster (kwok GPU nodes). Not a test.
+
+    python bench/operator_scale.py --jobs 200 --nodes 100
+
+Starts a private dev cluster with --nodes kwok nodes (8 GPUs each), installs the CRD, starts the
+operator (`python -m sft_operator.run_operator --standalone`), applies --jobs SFTJobs of
+--job-nodes x --job-gpus, fails one pod in --fail of them once everything runs, and reports:
+- apply -> Job created (p50, p99)
+- apply -> all pods Running (p50, p99)
+- pod failure -> next attempt's Job created (p50, p99)
+- the operator's peak RSS and CPU seconds (psutil, sampled every 0.5 s)
+Writes bench/results/operator_scale.json. Use --kubeconfig to reuse a running dev cluster instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP, VERSION, PLURAL = "sft.dev", "v1alpha1", "sftjobs"
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return round(s[k], 3)
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50": pct(values, 50), "p99": pct(values, 99),
+            "max": round(max(values), 3) if values else None, "mean": round(statistics.mean(values), 3) if values else None}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sampler(threading.Thread):
+    """Peak RSS and CPU seconds of the operator process (and its children)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak_rss = 0
+        self.cpu_seconds = 0.0
+        self.stop_flag = threading.Event()
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in procs)
+            cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        except psutil.Error:
+            return
+        self.peak_rss = max(self.peak_rss, rss)
+        self.cpu_seconds = max(self.cpu_seconds, cpu)
+
+    def run(self) -> None:
+        while not self.stop_flag.wait(0.5):
+            self.sample()
+
+
+class Recorder(threading.Thread):
+    """Watches Jobs and pods of all SFTJobs in the namespace and stamps first sightings."""
+
+    def __init__(self, api, namespace: str, kind: str):
+        super().__init__(daemon=True)
+        self.api, self.ns, self.kind = api, namespace, kind
+        self.first_seen: dict[tuple[str, str], float] = {}  # (sftjob, attempt) -> time Job seen
+        self.running: dict[tuple[str, str], set[str]] = {}  # (sftjob, attempt) -> running pod names
+        self.all_running_at: dict[tuple[str, str], float] = {}
+        self.stop_flag = threading.Event()
+        self.expected_pods = 1
+
+    def run(self) -> None:
+        from kubernetes import client, watch
+
+        batch, core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
+        fn = batch.list_namespaced_job if self.kind == "jobs" else core.list_namespaced_pod
+        rv = None
+        while not self.stop_flag.is_set():
+            w = watch.Watch()
+            try:
+                kw = {"label_selector": "sft.dev/job-name", "timeout_seconds": 30}
+                if rv:
+                    kw["resource_version"] = rv
+                for ev in w.stream(fn, self.ns, **kw):
+                    obj = ev["object"]
+                    rv = obj.metadata.resource_version
+                    lbl = obj.metadata.labels or {}
+                    key = (lbl.get("sft.dev/job-name"), lbl.get("sft.dev/attempt"))
+                    now = time.monotonic()
+                    if self.kind == "jobs":
+                        self.first_seen.setdefault(key, now)
+                    else:
+                        names = self.running.setdefault(key, set())
+                        if obj.status.phase == "Running" and not obj.metadata.deletion_timestamp:
+                            names.add(obj.metadata.name)
+                        else:
+                            names.discard(obj.metadata.name)
+                        if len(names) >= self.expected_pods:
+                            self.all_running_at.setdefault(key, now)
+                    if self.stop_flag.is_set():
+                        break
+            except Exception:  # watch expired or connection reset: resume from the last version
+                rv = None
+                time.sleep(0.2)
+
+
+def manifest(name: str, nodes: int, gpus: int) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SFTJob", "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "builtin://tiny-llama"},
+            "datasets": [{"uri": "data/quickstart/train.jsonl"}],
+            "training": {"maxSteps": 100},
+            "workers": {"nodes": nodes, "gpusPerNode": gpus, "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
+            "failurePolicy": {"maxRestarts": 3, "stallTimeoutSeconds": 86400},
+        },
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--nodes", type=int, default=100, help="kwok GPU nodes (8 GPUs each)")
+    ap.add_argument("--job-nodes", type=int, default=2, help="pods per SFTJob")
+    ap.add_argument("--job-gpus", type=int, default=1, help="GPUs per pod")
+    ap.add_argument("--fail", type=int, default=50, help="SFTJobs that get one pod failure")
+    ap.add_argument("--apply-rate", type=float, default=0, help="SFTJobs per second (0: as fast as possible)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--kubeconfig", help="use this running dev cluster (it must have --nodes nodes)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_scale.json"))
+    args = ap.parse_args()
+
+    from kubernetes import client, config
+
+    from sft_operator.devcluster import kwok_stages as ks
+
+    cluster = None
+    if args.kubeconfig:
+        kubeconfig = Path(args.kubeconfig)
+    else:
+        from sft_operator.devcluster.cluster import DevCluster, Ports
+
+        state = Path(tempfile.mkdtemp(prefix="sft-bench-"))
+        cluster = DevCluster(state)
+        t = time.monotonic()
+        info = cluster.up(nodes=args.nodes, ports=Ports.free())
+        print(f"dev cluster with {args.nodes} nodes up in {time.monotonic() - t:.1f}s", file=sys.stderr)
+        kubeconfig = Path(info.kubeconfig)
+    op = None
+    try:
+        from sft_operator.devcluster.tools import kubectl
+
+        kc = [str(kubectl()), "--kubeconfig", str(kubeconfig)]
+        subprocess.run([*kc, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "sftjob.yaml")], check=True, capture_output=True)
+        subprocess.run([*kc, "wait", "--for=condition=Established", "crd/sftjobs.sft.dev", "--timeout=60s"], check=True, capture_output=True)
+        api = config.new_client_from_config(str(kubeconfig))
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        ns = f"bench-{int(time.time())}"
+        core.create_namespace({"metadata": {"name": ns}})
+        gpu_nodes = [n for n in core.list_node().items if (n.status.allocatable or {}).get("nvidia.com/gpu")]
+        capacity = sum(int(n.status.allocatable["nvidia.com/gpu"]) for n in gpu_nodes)
+        need = args.jobs * args.job_nodes * args.job_gpus
+        if need > capacity:
+            print(f"{need} GPUs requested but the cluster has {capacity}", file=sys.stderr)
+            return 2
+
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig), SFT_RESYNC_SECONDS="30", PYTHONUNBUFFERED="1",
+                   SFT_OPERATOR_METRICS_PORT=str(free_port()), SFT_OPERATOR_HEALTH_PORT=str(free_port()))
+        log = open(Path(tempfile.gettempdir()) / f"sft-bench-operator-{ns}.log", "w")
+        op = subprocess.Popen([sys.executable, "-m", "sft_operator.run_operator", "--standalone", "--log-format", "json"],
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        sampler = Sampler(op.pid)
+        sampler.start()
+        time.sleep(3)
+        jobs_rec, pods_rec = Recorder(api, ns, "jobs"), Recorder(api, ns, "pods")
+        pods_rec.expected_pods = args.job_nodes
+        jobs_rec.start()
+        pods_rec.start()
+
+        applied: dict[str, float] = {}
+        t_apply0 = time.monotonic()
+        for i in range(args.jobs):
+            name = f"job-{i:04d}"
+            applied[name] = time.monotonic()
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest(name, args.job_nodes, args.job_gpus))
+            if args.apply_rate:
+                time.sleep(1 / args.apply_rate)
+        apply_seconds = time.monotonic() - t_apply0
+
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and len([n for n in applied if (n, "1") in pods_rec.all_running_at]) < args.jobs:
+            time.sleep(0.5)
+        all_running = [pods_rec.all_running_at[(n, "1")] - t for n, t in applied.items() if (n, "1") in pods_rec.all_running_at]
+        job_created = [jobs_rec.first_seen[(n, "1")] - t for n, t in applied.items() if (n, "1") in jobs_rec.first_seen]
+
+        # Failures: one pod of each of the first --fail jobs.
+        failed_at: dict[str, float] = {}
+        for name in list(applied)[: args.fail]:
+            pods = core.list_namespaced_pod(ns, label_selector=f"sft.dev/job-name={name},sft.dev/attempt=1").items
+            if not pods:
+                continue
+            core.patch_namespaced_pod(pods[0].metadata.name, ns, {"metadata": {"annotations": {ks.OUTCOME_ANNOTATION: "fail", ks.EXIT_CODE_ANNOTATION: "1"}}})
+            failed_at[name] = time.monotonic()
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and len([n for n in failed_at if (n, "2") in jobs_rec.first_seen]) < len(failed_at):
+            time.sleep(0.5)
+        restart = [jobs_rec.first_seen[(n, "2")] - t for n, t in failed_at.items() if (n, "2") in jobs_rec.first_seen]
+        time.sleep(2)
+        sampler.sample()
+
+        result = {
+            "benchmark": "operator_scale",
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "params": {"jobs": args.jobs, "nodes": args.nodes, "job_nodes": args.job_nodes, "job_gpus": args.job_gpus,
+                       "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes},
+            "apply_seconds_total": round(apply_seconds, 2),
+            "apply_to_job_created_seconds": summary(job_created),
+            "apply_to_all_pods_running_seconds": summary(all_running),
+            "failure_to_next_attempt_seconds": summary(restart),
+            "operator": {"peak_rss_mib": round(sampler.peak_rss / 2**20, 1), "cpu_seconds": round(sampler.cpu_seconds, 1)},
+            "complete": len(job_created) == args.jobs and len(all_running) == args.jobs and len(restart) == len(failed_at),
+        }
+        sampler.stop_flag.set()
+        jobs_rec.stop_flag.set()
+        pods_rec.stop_flag.set()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        print(f"\n| metric | n | p50 (s) | p99 (s) |\n|---|---|---|---|")
+        for key in ("apply_to_job_created_seconds", "apply_to_all_pods_running_seconds", "failure_to_next_attempt_seconds"):
+            r = result[key]
+            print(f"| {key} | {r['n']} | {r['p50']} | {r['p99']} |")
+        print(f"| operator peak RSS | | {result['operator']['peak_rss_mib']} MiB | |")
+        print(f"| operator CPU | | {result['operator']['cpu_seconds']} s | |")
+        try:
+            core.delete_namespace(ns)
+        except Exception:
+            pass
+        return 0 if result["complete"] else 1
+    finally:
+        if op is not None and op.poll() is None:
+            os.killpg(op.pid, signal.SIGTERM)
+            try:
+                op.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(op.pid, signal.SIGKILL)
+        if cluster is not None:
+            cluster.down(purge=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
