@@ -200,7 +200,11 @@ class CheckpointCommitCallback(TrainerCallback):
 
     @staticmethod
     def checkpoint_metrics(log_history: list[dict[str, Any]], step: int) -> dict[str, Any]:
-        """Metrics recorded in the manifest: evaluation at exactly this step, latest train loss."""
+        """Metrics recorded in the manifest: evaluation at exactly this step, latest train loss.
+
+        ``eval_loss`` (what retention ranks by) falls back to ``eval_all_loss`` or the mean of the
+        per-task losses when the trainer evaluated a dict of per-task splits.
+        """
         out: dict[str, Any] = {}
         for entry in log_history:
             if entry.get("step") != step:
@@ -208,6 +212,12 @@ class CheckpointCommitCallback(TrainerCallback):
             for k, v in entry.items():
                 if k.startswith("eval_") and isinstance(v, (int, float)):
                     out[k] = v
+        if "eval_loss" not in out:
+            # per-task evaluation only (eval_dataset as a dict): the overall split if it is one of
+            # them, else the unweighted mean of the task losses, so that "best" stays defined
+            tasks = eval_losses(out)
+            if tasks:
+                out["eval_loss"] = tasks.get(OVERALL_TASK, sum(tasks.values()) / len(tasks))
         for entry in reversed(log_history):
             if "loss" in entry and entry.get("step", 0) <= step:
                 out["train_loss"] = entry["loss"]

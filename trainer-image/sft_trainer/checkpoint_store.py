@@ -52,6 +52,10 @@ class CheckpointError(Exception):
     """A checkpoint cannot be used: missing, corrupted or inconsistent with its manifest."""
 
 
+class _Empty(Exception):
+    """A checkpoint directory with no objects at all: not a checkpoint, not even a partial one."""
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of a checkpoint, as recorded in the manifest."""
@@ -226,23 +230,28 @@ class CheckpointStore:
 
     def _validate(self, step: int, path: str) -> CommittedCheckpoint:
         """Return the checkpoint if its marker is valid and every listed file is present."""
-        try:
-            raw = self.fs.cat_file(f"{path}/{MARKER}")
-        except FileNotFoundError:
-            raise CheckpointError("no commit marker") from None
-        try:
-            manifest = json.loads(raw)
-        except ValueError as e:
-            raise CheckpointError(f"unreadable commit marker: {e}") from None
-        if not isinstance(manifest, dict) or manifest.get("step") != step:
-            raise CheckpointError(f"commit marker names step {manifest.get('step')!r}")
-        files = manifest.get("files")
-        if not isinstance(files, list) or not files:
-            raise CheckpointError("commit marker lists no files")
         present = {
             info["name"][len(path) + 1:]: info.get("size")
             for info in self.fs.find(path, detail=True).values()
+            if info.get("type") != "directory"
         }
+        if not present:
+            # Some S3 servers (SeaweedFS) keep an empty "directory" after its objects are deleted
+            raise _Empty()
+        if MARKER not in present:
+            raise CheckpointError("no commit marker")
+        try:
+            manifest = json.loads(self.fs.cat_file(f"{path}/{MARKER}"))
+        except FileNotFoundError:
+            raise CheckpointError("no commit marker") from None
+        except ValueError as e:
+            raise CheckpointError(f"unreadable commit marker: {e}") from None
+        if not isinstance(manifest, dict) or manifest.get("step") != step:
+            step_named = manifest.get("step") if isinstance(manifest, dict) else None
+            raise CheckpointError(f"commit marker names step {step_named!r}")
+        files = manifest.get("files")
+        if not isinstance(files, list) or not files:
+            raise CheckpointError("commit marker lists no files")
         for f in files:
             size = present.get(f.get("path"))
             if size is None:
@@ -260,6 +269,8 @@ class CheckpointStore:
         for step, path in self._step_dirs():
             try:
                 committed.append(self._validate(step, path))
+            except _Empty:
+                continue
             except CheckpointError as e:
                 broken.append((self._uri_of(path), str(e)))
         return committed, broken
@@ -272,6 +283,8 @@ class CheckpointStore:
         for step, path in reversed(self._step_dirs()):
             try:
                 return self._validate(step, path)
+            except _Empty:
+                continue
             except CheckpointError as e:
                 log.warning("ignoring uncommitted checkpoint %s: %s", self._uri_of(path), e)
         return None

@@ -74,6 +74,10 @@ def test_checkpoint_metrics_only_take_eval_at_that_step():
     assert CheckpointCommitCallback.checkpoint_metrics(history, 5) == {
         "eval_loss": 2.5, "train_loss": 3.0
     }
+    per_task = [{"eval_a_loss": 1.0, "eval_b_loss": 3.0, "step": 4}]
+    assert CheckpointCommitCallback.checkpoint_metrics(per_task, 4)["eval_loss"] == 2.0
+    per_task[0]["eval_all_loss"] = 1.5
+    assert CheckpointCommitCallback.checkpoint_metrics(per_task, 4)["eval_loss"] == 1.5
 
 
 def test_non_zero_rank_does_not_commit(tmp_path):
