@@ -43,8 +43,9 @@ app.kubernetes.io/part-of: sft-operator
 {{- end }}
 {{- end }}
 
+{{/* The operator joins the peering named in sft_operator.handlers; one release per cluster. */}}
 {{- define "sft-operator.peeringName" -}}
-{{- default (include "sft-operator.fullname" .) .Values.operator.peering.name }}
+sft-operator
 {{- end }}
 
 {{- define "sft-operator.operatorImage" -}}

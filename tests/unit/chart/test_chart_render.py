@@ -66,10 +66,8 @@ def test_defaults_render_operator_objects_and_no_monitoring(render):
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
     c = container(docs)
     assert c["image"] == "ghcr.io/sft-operator/operator:0.1.0"
-    assert c["command"] == ["kopf", "run"]
-    assert c["args"][:3] == ["-m", "sft_operator.handlers", "--all-namespaces"]
-    assert "--peering=rel-sft-operator" in c["args"]
-    assert "--liveness=http://0.0.0.0:8081/healthz" in c["args"]
+    assert c["command"] == ["python", "-m", "sft_operator.run_operator"]
+    assert c["args"] == ["--all-namespaces", "--log-format=json"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "health": 8081}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -78,7 +76,7 @@ def test_defaults_render_operator_objects_and_no_monitoring(render):
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     peering = one(docs, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "rel-sft-operator"
+    assert peering["metadata"]["name"] == "sft-operator"
     assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
 
 
@@ -94,10 +92,20 @@ def test_security_context_is_restricted(render):
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
 
 
-def test_replicas_above_one_roll_without_recreate(render):
-    dep = one(render("--set", "operator.replicas=2"), "Deployment")
-    assert dep["spec"]["replicas"] == 2
-    assert "strategy" not in dep["spec"]
+def test_operator_cli_accepts_the_rendered_args(render):
+    """The Deployment's args parse with the operator's own CLI, and peering uses the object the chart creates."""
+    import sft_operator.handlers as handlers
+    from sft_operator.run_operator import parse_args
+
+    for docs, standalone in ((render(), False), (render("--set", "operator.peering.enabled=false"), True)):
+        c = container(docs)
+        assert c["command"][-1] == "sft_operator.run_operator"
+        args = parse_args(c["args"])
+        assert args.all_namespaces and args.standalone is standalone and args.log_format == "json"
+    peering = one(render(), "ClusterKopfPeering")["metadata"]["name"]
+    assert f'settings.peering.name = "{peering}"' in Path(handlers.__file__).read_text()
+    env = {e["name"]: e.get("value") for e in container(render())["env"]}
+    assert env["POD_ID"] is None  # from the downward API: kopf's peer identity
 
 
 def test_cluster_role_is_exactly_operator_rules(render):
