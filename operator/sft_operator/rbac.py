@@ -14,25 +14,25 @@ import copy
 __all__ = ["OPERATOR_RULES", "TRAINER_RULES", "trainer_rules"]
 
 OPERATOR_RULES: list[dict] = [
-    # The watched resource: read it, write kopf's bookkeeping annotations, own status.
+    # The watched resource: fresh reads, kopf's watch, kopf's finalizer and our annotations.
     {"apiGroups": ["sft.dev"], "resources": ["sftjobs"], "verbs": ["get", "list", "watch", "patch"]},
+    # The operator-owned status fields (a resourceVersion-guarded merge patch).
     {"apiGroups": ["sft.dev"], "resources": ["sftjobs/status"], "verbs": ["get", "patch"]},
-    # Children per attempt.
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
-    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get", "create", "patch", "delete", "deletecollection"]},
-    # Per-job progress channel.
-    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "patch", "delete"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create", "patch", "delete"]},
-    # Node loss detection.
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-    # Events for every transition (kopf posts core/v1 Events).
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    # kopf: peering (HA) and resource/namespace discovery.
+    # Child Jobs: watched (kopf index), created once per attempt, deleted on teardown/TTL.
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
+    # Pods: watched for failures; an old attempt's pods on a lost node are force-deleted.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "delete"]},
+    # Server-side apply needs patch, and create when the object does not exist yet.
+    {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "patch", "delete"]},
+    # Node loss detection (kopf index of node names).
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+    # An Event for every transition (core/v1, as kopf and kubectl describe use).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # kopf: peering (HA), and its resource/namespace observers.
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
 ]
 
 # What rank 0 needs to report progress about its own SFTJob, and nothing else.
