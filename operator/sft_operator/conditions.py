@@ -9,6 +9,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Iterable
 
+from sft_trainer import exit_codes as _exit
+
 __all__ = ["Phase", "CondType", "Reason", "set_condition", "get_condition", "truncate", "NON_RETRYABLE_EXIT_CODES"]
 
 MAX_MESSAGE = 1024  # Event messages are capped by the apiserver; keep conditions readable too
@@ -58,6 +60,7 @@ class Reason(_Str):
     PREEMPTED = "Preempted"
     EVICTED = "Evicted"
     NODE_LOST = "NodeLost"
+    INTERRUPTED = "Interrupted"
     # terminal
     COMPLETED = "Completed"
     DATA_ERROR = "DataError"
@@ -74,14 +77,16 @@ class Reason(_Str):
     NOT_STALLED = "ProgressReported"
 
 
-# Trainer exit codes (sft_trainer/exit_codes.py) that must not be retried, and their reasons.
+# Trainer exit codes that must not be retried, and their reasons (the trainer owns the numbers).
 NON_RETRYABLE_EXIT_CODES: dict[int, Reason] = {
-    64: Reason.DATA_ERROR,
-    65: Reason.GOLDEN_SET_REGRESSION,
-    66: Reason.TOPOLOGY_MISMATCH,
+    _exit.CONFIG_ERROR: Reason.DATA_ERROR,
+    _exit.GOLDEN_REGRESSION: Reason.GOLDEN_SET_REGRESSION,
+    _exit.TOPOLOGY_MISMATCH: Reason.TOPOLOGY_MISMATCH,
 }
+# The trainer stopped on SIGTERM after committing a checkpoint: a disruption, not the job's fault.
+INTERRUPTED_EXIT_CODE = _exit.INTERRUPTED
 
-DISRUPTION_REASONS = {Reason.PREEMPTED, Reason.EVICTED, Reason.NODE_LOST}
+DISRUPTION_REASONS = {Reason.PREEMPTED, Reason.EVICTED, Reason.NODE_LOST, Reason.INTERRUPTED}
 
 
 def truncate(message: str, limit: int = MAX_MESSAGE) -> str:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..conditions import DISRUPTION_REASONS, NON_RETRYABLE_EXIT_CODES, Reason
+from ..conditions import DISRUPTION_REASONS, INTERRUPTED_EXIT_CODE, NON_RETRYABLE_EXIT_CODES, Reason
 from ..observe import JobObs, PodObs
 from .preemption import disruption_of, job_disruption
 
@@ -68,6 +68,9 @@ def pod_failure(pod: PodObs, missing_nodes: frozenset[str] | set[str] = frozense
     if code in NON_RETRYABLE_EXIT_CODES:
         reason = NON_RETRYABLE_EXIT_CODES[code]
         return Failure(reason, f"{pod.label} exited with code {code} ({reason})", pod.name, pod.node, code)
+    if code == INTERRUPTED_EXIT_CODE:
+        msg = f"{pod.label} stopped on SIGTERM after committing a checkpoint (exit code {code})"
+        return Failure(Reason.INTERRUPTED, msg, pod.name, pod.node, code)
     if pod.term_reason == "OOMKilled":
         return Failure(Reason.OOM_KILLED, f"{pod.label} was OOMKilled (exit code {code})", pod.name, pod.node, code)
     if code is not None:

@@ -20,6 +20,7 @@ from sft_operator.policies.restart_policy import Failure, classify, decide, pod_
         (pod(phase="Failed", exit_code=66), Reason.TOPOLOGY_MISMATCH, "code 66"),
         (pod(phase="Failed", disruption="EvictionByEvictionAPI"), Reason.EVICTED, "EvictionByEvictionAPI"),
         (pod(phase="Failed"), Reason.POD_FAILED, "failed"),
+        (pod(phase="Failed", exit_code=75), Reason.INTERRUPTED, "SIGTERM"),
     ],
 )
 def test_pod_failure(raw, reason, fragment):
