@@ -73,6 +73,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Events describe transitions
     settings.peering.name = "sft-operator"
     settings.peering.clusterwide = True
+    settings.peering.lifetime = load_settings().peering_lifetime_seconds
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 
 import kopf
@@ -24,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     p.add_argument("--standalone", action="store_true", help="no peering: act even if other replicas run")
-    p.add_argument("--priority", type=int, default=None, help="peering priority; the highest live replica acts")
+    p.add_argument("--priority", type=int, default=None, help="peering priority; the highest live replica acts (default: random)")
     p.add_argument("--log-format", choices=["json", "text"], default="json")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--liveness", default=None, help="override the liveness endpoint URL")
@@ -44,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    priority = args.priority
+    if priority is None and not args.standalone:
+        # kopf pauses *every* replica when peers share a priority; distinct ones elect the highest.
+        priority = random.SystemRandom().randint(1, 1_000_000)
     liveness = args.liveness or (f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port > 0 else None)
     kopf.run(
         standalone=args.standalone,
-        priority=args.priority,
+        priority=priority,
         peering_name="sft-operator",
         liveness_endpoint=liveness,
         clusterwide=not args.namespace,

@@ -55,6 +55,8 @@ class OperatorSettings:
     metrics_port: int = 8080
     # -- liveness/readiness endpoint for kopf (`/healthz`)
     health_port: int = 8081
+    # -- seconds after which a silent peer counts as dead (failover time of an HA pair)
+    peering_lifetime_seconds: int = 60
     # -- run as the trainer pods' user (restricted PSS needs a non-root uid)
     run_as_user: int = 1000
 
@@ -75,6 +77,7 @@ class OperatorSettings:
             metrics_port=_env("SFT_OPERATOR_METRICS_PORT", d.metrics_port, int),
             health_port=_env("SFT_OPERATOR_HEALTH_PORT", d.health_port, int),
             run_as_user=_env("SFT_RUN_AS_USER", d.run_as_user, int),
+            peering_lifetime_seconds=_env("SFT_PEERING_LIFETIME_SECONDS", d.peering_lifetime_seconds, int),
         )
 
     def describe(self) -> dict:

@@ -1,0 +1,46 @@
+"""Two replicas with kopf peering: only the higher-priority one acts; when it dies, the other takes
+over and finishes the transition without duplicates."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sft_e2e_helpers import OperatorProcess, sftjob_manifest
+
+PEERING = Path(__file__).resolve().parents[2] / "operator" / "sft_operator" / "assets" / "operator" / "kopf-peering.yaml"
+
+
+def test_two_replicas_one_leader_and_failover(operator, sft, kubectl, dev_cluster, kwok_pods, tmp_path):
+    kubectl("apply", "-f", str(PEERING))
+    kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
+    operator.stop()  # the session's standalone operator would act regardless of peering
+    env = {"SFT_PEERING_LIFETIME_SECONDS": "4"}
+    leader = OperatorProcess(Path(dev_cluster.kubeconfig), tmp_path, env, args=("--priority", "200"))
+    standby = OperatorProcess(Path(dev_cluster.kubeconfig), tmp_path, env, args=("--priority", "100"))
+    standby.log_dir = tmp_path / "standby"
+    standby.log_dir.mkdir()
+    try:
+        leader.start()
+        standby.start()
+        time.sleep(3)
+        name = "ha"
+        sft.apply(sftjob_manifest(name, nodes=2, gpus=1, failurePolicy={"maxRestarts": 5}))
+        pods = sft.running_pods(name, 1, 2)
+        sft.wait_phase(name, "Running")
+        assert len(sft.jobs(name)) == 1
+        assert "reconciled" in leader.log_file.read_text()
+        standby_log = standby.log_file.read_text()
+        assert "Pausing operations in favour of" in standby_log and "reconciled" not in standby_log
+
+        leader.kill()
+        kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=1)
+        sft.running_pods(name, 2, 2, timeout=60)
+        st = sft.wait_phase(name, "Running", 30)
+        assert st["restarts"] == 1 and st["attempt"] == 2
+        assert [j.metadata.labels["sft.dev/attempt"] for j in sft.jobs(name)] == ["2"]
+        assert "reconciled" in standby.log_file.read_text()
+    finally:
+        leader.stop()
+        standby.stop()
+        operator.start()
