@@ -316,7 +316,7 @@ def _restart_or_fail(p: _Pass, failure: restart_policy.Failure, job) -> None:
         restarts=int(p.st.get("restarts") or 0),
         preemptions=int(p.st.get("preemptions") or 0),
         max_restarts=3 if p.fp("maxRestarts") is None else int(p.fp("maxRestarts")),
-        max_preemptions=int(p.fp("maxPreemptions") or p.settings.max_preemptions),
+        max_preemptions=p.settings.max_preemptions if p.fp("maxPreemptions") is None else int(p.fp("maxPreemptions")),
     )
     p.st["lastFailure"] = failure.info()
     if not decision.restart:
