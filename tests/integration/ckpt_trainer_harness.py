@@ -21,6 +21,37 @@ from pathlib import Path
 SIGTERM_EXIT = 75  # retryable
 
 
+def launch(cfg: dict, log_path: Path, env: dict | None = None, torchrun_nproc: int = 0):
+    """Start this harness in a subprocess (its own session, so that tests can signal it)."""
+    import subprocess
+
+    argv = [sys.executable, str(Path(__file__).resolve()), json.dumps(cfg)]
+    if torchrun_nproc:
+        argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun_nproc}",
+                "--nnodes=1", "--master-addr=127.0.0.1", f"--master-port={free_port()}",
+                *argv[1:]]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_losses(result: dict) -> dict[int, float]:
+    return {h["step"]: h["loss"] for h in result["log_history"] if "loss" in h}
+
+
 def build_tokenizer():
     import string
 
@@ -129,6 +160,16 @@ def main(cfg: dict) -> int:
         namespace="test", job=cfg.get("job", "harness"),
         progress_interval_s=cfg.get("progress_interval_s", 1.0),
     )
+    if cfg.get("step_sleep"):
+        import time
+
+        from transformers import TrainerCallback
+
+        class Slow(TrainerCallback):  # stretches the run so that tests can act in the middle
+            def on_step_end(self, *a, **kw):
+                time.sleep(cfg["step_sleep"])
+
+        callbacks.append(Slow())
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=build_dataset(cfg.get("n_rows", 400)),
         eval_dataset=eval_ds, processing_class=tok, callbacks=callbacks,
