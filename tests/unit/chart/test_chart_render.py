@@ -342,3 +342,15 @@ def test_every_value_is_documented():
     readme = (CHART / "README.md").read_text()
     for key in documented:
         assert f"| `{key}` |" in readme
+
+
+def test_chart_peering_crd_matches_the_operators(render):
+    """The operator's own peering manifest (used by its e2e tests) and the chart define the same CRD and object."""
+    asset = ROOT / "operator" / "sft_operator" / "assets" / "operator" / "kopf-peering.yaml"
+    docs = [d for d in yaml.safe_load_all(asset.read_text()) if d]
+    theirs = next(d for d in docs if d["kind"] == "CustomResourceDefinition" and d["metadata"]["name"] == "clusterkopfpeerings.kopf.dev")
+    rendered = render()
+    ours = next(c for c in by_kind(rendered, "CustomResourceDefinition") if c["metadata"]["name"] == "clusterkopfpeerings.kopf.dev")
+    assert ours["spec"] == theirs["spec"]
+    peering_names = [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterKopfPeering"]
+    assert peering_names == [one(rendered, "ClusterKopfPeering")["metadata"]["name"]]
