@@ -10,6 +10,8 @@ Environment:
   SFT_TEST_KUBECONFIG   use this running cluster (e.g. `sftctl dev-cluster up`'s kubeconfig)
                         instead of starting a private one for the session.
   SFT_TEST_NODES        kwok GPU nodes of the session cluster (default 4).
+  SFT_TEST_BUILD=1      build missing binaries inside the session (else the fixture fails and
+                        says to run scripts/build-binaries.sh first).
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def dev_cluster(tmp_path_factory):
             _fail(f"SFT_TEST_KUBECONFIG={external} is not usable", e)
         yield info
         return
+    from sft_operator.devcluster.build import bin_dir, binaries_ready
+
+    if not binaries_ready() and not os.environ.get("SFT_TEST_BUILD"):
+        # A cold build takes 20-40 minutes: longer than any test timeout, so it is a separate step.
+        pytest.fail(f"the dev cluster binaries are not built in {bin_dir()}: run `bash scripts/build-binaries.sh` "
+                    "(or `sftctl dev-cluster build`) first, or set SFT_TEST_BUILD=1 to build them here",
+                    pytrace=False)
     state = tmp_path_factory.mktemp("devcluster")
     cluster = DevCluster(state)
     t = time.monotonic()
