@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "monitoring"))
+import promdash  # noqa: E402
 DASHBOARD = ROOT / "monitoring" / "dashboards" / "sft-operator.json"
 GENERATOR = ROOT / "monitoring" / "dashboards" / "generate.py"
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms", "__auto", "__name"}
@@ -47,10 +49,8 @@ def queries(dash: dict) -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in panels(dash) for t in p["targets"]]
 
 
-def substitute(expr: str, namespace: str = "ns", sftjob: str = "job", rate_interval: str = "1m", range_: str = "1h") -> str:
-    """Grafana's variable interpolation, for the variables this dashboard uses."""
-    out = expr.replace("$__rate_interval", rate_interval).replace("$__range", range_)
-    return out.replace("$namespace", namespace).replace("$sftjob", sftjob)
+def substitute(expr: str) -> str:
+    return promdash.substitute(expr, namespace="ns", sftjob="job", rate_interval="1m", range_="1h")
 
 
 def test_dashboard_json_is_what_the_generator_builds():
