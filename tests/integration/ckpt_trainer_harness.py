@@ -185,6 +185,8 @@ def main(cfg: dict) -> int:
             "global_step": state.global_step,
             "log_history": state.log_history,
             "world_size": trainer.args.world_size,
+            "backend": (torch.distributed.get_backend()
+                        if torch.distributed.is_initialized() else None),
             "resumed_from": resumed_from,
             "uncommitted_seen": uncommitted,
             "sigterm": sigterm.received,
