@@ -1,0 +1,307 @@
+"""The resolved trainer configuration: an SFTJob spec plus the machine it runs on, mapped onto
+TRL's ``SFTConfig``, PEFT's ``LoraConfig`` and a generated DeepSpeed JSON.
+
+Pure mapping, no training: everything here is unit-tested on the CPU. Heavy imports (torch, trl,
+peft) happen inside the methods that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .exit_codes import ConfigError
+
+# Trainer-side defaults that are not (yet) SFTJob fields.
+DEFAULT_EVAL_EVERY_STEPS = 200
+LOCAL_CHECKPOINTS_KEPT = 2  # HF rotation of the local copies; the store keeps `checkpoints.keep`
+
+
+def _val(x: Any) -> Any:
+    """Enum members → their value (the API models use use_enum_values, but be tolerant)."""
+    return getattr(x, "value", x)
+
+
+@dataclass
+class Topology:
+    """Where this process sits: from the rendezvous env that the operator (or torchrun) sets."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    nproc_per_node: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @property
+    def expected_world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @classmethod
+    def from_env(cls, gpus_per_node: int, env: Mapping[str, str] | None = None) -> "Topology":
+        env = os.environ if env is None else env
+
+        def num(name: str, default: int) -> int:
+            raw = env.get(name) or env.get(f"PET_{name}")
+            if raw in (None, ""):
+                return default
+            try:
+                return int(raw)
+            except ValueError as e:
+                raise ConfigError(f"environment {name}={raw!r} is not an integer") from e
+
+        # gpusPerNode decides the processes per node; on the CPU (0 GPUs) the env may ask for more
+        # (tests run 2 gloo processes), otherwise one.
+        nproc = gpus_per_node if gpus_per_node > 0 else num("NPROC_PER_NODE", 1)
+        return cls(
+            nnodes=num("NNODES", 1),
+            node_rank=num("NODE_RANK", 0),
+            nproc_per_node=max(1, nproc),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=num("MASTER_PORT", 29500),
+        )
+
+
+@dataclass
+class ResolvedConfig:
+    """Everything the trainer needs, resolved from the spec; see ``from_job``."""
+
+    job_name: str
+    namespace: str
+    spec: Any  # sft_operator.api.SFTJobSpec
+    workdir: Path
+    base_dir: Path | None = None  # scheme-less input paths are relative to this
+    cuda: bool = False
+    topology: Topology = field(default_factory=Topology)
+    checkpoints_uri: str | None = None
+    output_uri: str | None = None
+    max_train_seconds: float | None = None  # wall-clock guard (sftctl run --time-budget)
+    warnings: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_job(
+        cls,
+        job: Any,
+        *,
+        workdir: str | os.PathLike[str],
+        base_dir: Path | None = None,
+        cuda: bool | None = None,
+        env: Mapping[str, str] | None = None,
+        max_train_seconds: float | None = None,
+    ) -> "ResolvedConfig":
+        spec = job.spec
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        cfg = cls(
+            job_name=job.metadata.name,
+            namespace=job.metadata.namespace or "local",
+            spec=spec,
+            workdir=Path(workdir),
+            base_dir=base_dir,
+            cuda=bool(cuda),
+            topology=Topology.from_env(spec.workers.gpus_per_node, env),
+            checkpoints_uri=spec.checkpoints.uri,
+            output_uri=spec.output.uri if spec.output else None,
+            max_train_seconds=max_train_seconds,
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Errors that no retry can fix, with the field they come from; warnings for what is ignored."""
+        t, m = self.spec.training, self.spec.method
+        if _val(m.type) == "qlora" and not self.cuda:
+            raise ConfigError("spec.method.type: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora or full on the CPU")
+        if _val(t.precision) == "fp16" and not self.cuda:
+            raise ConfigError("spec.training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+        if t.deepspeed is not None and not self.cuda:
+            self.warnings.append("spec.training.deepspeed is ignored on the CPU (DeepSpeed needs CUDA)")
+        if t.use_liger_kernel and not self.cuda:
+            self.warnings.append("spec.training.useLigerKernel is ignored on the CPU (Liger kernels need CUDA)")
+        if self.spec.workers.gpus_per_node > 0 and not self.cuda:
+            self.warnings.append(
+                f"spec.workers.gpusPerNode={self.spec.workers.gpus_per_node} but no CUDA device: running on the CPU")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def loss_on(self) -> str:
+        return _val(self.spec.training.loss_on)
+
+    @property
+    def method(self) -> str:
+        return _val(self.spec.method.type)
+
+    @property
+    def precision(self) -> str:
+        return _val(self.spec.training.precision)
+
+    @property
+    def eval_every_steps(self) -> int:
+        ev = self.spec.eval
+        return ev.every_steps if ev is not None else DEFAULT_EVAL_EVERY_STEPS
+
+    @property
+    def early_stopping_patience(self) -> int | None:
+        ev = self.spec.eval
+        return ev.early_stopping_patience if ev is not None else None
+
+    @property
+    def hf_output_dir(self) -> Path:
+        """Local directory where the HF Trainer writes checkpoints before they are committed."""
+        return self.workdir / "hf-checkpoints"
+
+    @property
+    def use_deepspeed(self) -> bool:
+        ds = self.spec.training.deepspeed
+        return ds is not None and self.cuda
+
+    # ------------------------------------------------------------------ TRL / PEFT / DeepSpeed
+    def deepspeed_config(self) -> dict[str, Any] | None:
+        """The DeepSpeed JSON for ``spec.training.deepspeed``, consistent with the HF arguments.
+
+        Batch sizes, accumulation and clipping are written out (not "auto") so that the config is
+        self-describing; HF checks that they match its own arguments.
+        """
+        ds = self.spec.training.deepspeed
+        if ds is None:
+            return None
+        t = self.spec.training
+        stage, offload = int(ds.zero_stage), _val(ds.offload)
+        if offload == "all" and stage != 3:
+            raise ConfigError("spec.training.deepspeed.offload: 'all' (parameters too) needs zeroStage 3")
+        if offload == "optimizer" and stage == 0:
+            raise ConfigError("spec.training.deepspeed.offload: 'optimizer' needs zeroStage >= 1")
+        world = self.topology.expected_world_size
+        zero: dict[str, Any] = {"stage": stage}
+        if stage >= 1:
+            zero.update({"overlap_comm": True, "contiguous_gradients": True,
+                         "reduce_bucket_size": "auto"})
+        if stage == 2:
+            zero.update({"allgather_partitions": True, "reduce_scatter": True})
+        if stage == 3:
+            zero.update({
+                "stage3_prefetch_bucket_size": "auto",
+                "stage3_param_persistence_threshold": "auto",
+                # a consolidated 16-bit state dict on save, so exports and merges need no zero_to_fp32
+                "stage3_gather_16bit_weights_on_model_save": True,
+            })
+        if offload in ("optimizer", "all"):
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if offload == "all":
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        cfg: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": t.per_device_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "train_batch_size": t.per_device_batch_size * t.gradient_accumulation_steps * world,
+            "gradient_clipping": t.max_grad_norm,
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {"enabled": self.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                     "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+            "zero_optimization": zero,
+            "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed quiet
+            "wall_clock_breakdown": False,
+        }
+        if offload in ("optimizer", "all"):
+            # ZeRO-Offload needs DeepSpeed's CPU Adam; HF fills the hyper-parameters in from its args
+            cfg["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                            "weight_decay": "auto"}}
+        return cfg
+
+    def lora_config(self):
+        """PEFT ``LoraConfig`` for lora/qlora, None for full fine-tuning."""
+        if self.method == "full":
+            return None
+        from peft import LoraConfig
+
+        from sft_operator.api.models import LoraSpec
+
+        lora = self.spec.method.lora or LoraSpec()
+        targets: Any = list(lora.target_modules)
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+        return LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=targets, task_type="CAUSAL_LM", bias="none",
+        )
+
+    def quantization_config(self):
+        """bitsandbytes 4-bit NF4 for qlora (GPU only), else None."""
+        if self.method != "qlora":
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        if self.precision == "fp32":
+            compute = torch.float32
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+
+    def sft_config_kwargs(self, *, has_eval: bool = True) -> dict[str, Any]:
+        """Keyword arguments of TRL's ``SFTConfig`` (a plain dict, so tests can inspect it)."""
+        t = self.spec.training
+        ckpt = self.spec.checkpoints
+        kw: dict[str, Any] = dict(
+            output_dir=str(self.hf_output_dir),
+            learning_rate=t.learning_rate,
+            lr_scheduler_type=_val(t.lr_scheduler),
+            warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            per_device_train_batch_size=t.per_device_batch_size,
+            per_device_eval_batch_size=t.per_device_batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            max_length=t.max_seq_length,
+            packing=t.packing,
+            # BFD packing never cuts an example and turns padding-free (position_ids) on
+            packing_strategy="bfd",
+            assistant_only_loss=self.loss_on == "assistant",
+            completion_only_loss=self.loss_on == "completion",
+            # TRL turns activation checkpointing on by default; follow the spec instead
+            activation_checkpointing=t.gradient_checkpointing,
+            # TRL defaults bf16 on; set both explicitly from the spec
+            bf16=self.precision == "bf16",
+            fp16=self.precision == "fp16",
+            seed=t.seed,
+            data_seed=t.seed,
+            logging_steps=t.logging_steps,
+            logging_first_step=True,
+            save_strategy="steps",
+            save_steps=ckpt.every_steps,
+            save_total_limit=LOCAL_CHECKPOINTS_KEPT,
+            eval_strategy="steps" if has_eval else "no",
+            eval_steps=self.eval_every_steps if has_eval else None,
+            metric_for_best_model="eval_loss" if has_eval else None,
+            greater_is_better=False if has_eval else None,
+            report_to=[],
+            disable_tqdm=True,  # the console shows a rich progress bar instead
+            dataloader_num_workers=0,
+            ddp_find_unused_parameters=False,
+            use_cpu=not self.cuda,
+        )
+        if t.max_steps is not None:
+            kw["max_steps"] = t.max_steps
+        else:
+            kw["num_train_epochs"] = t.epochs
+        if t.neftune_noise_alpha is not None:
+            kw["neftune_noise_alpha"] = t.neftune_noise_alpha
+        if t.use_liger_kernel and self.cuda:
+            kw["use_liger_kernel"] = True
+        if not self.cuda and self.topology.expected_world_size > 1:
+            kw["ddp_backend"] = "gloo"
+        if self.use_deepspeed:
+            kw["deepspeed"] = self.deepspeed_config()
+        if t.gradient_checkpointing:
+            kw["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+        return kw
+
+    def sft_config(self, *, has_eval: bool = True):
+        from trl import SFTConfig
+
+        return SFTConfig(**self.sft_config_kwargs(has_eval=has_eval))

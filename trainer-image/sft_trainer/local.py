@@ -1,0 +1,143 @@
+"""``sftctl run job.yaml``: the same trainer, in this process, on this machine.
+
+Scheme-less *input* paths (datasets, golden set, a model directory) are relative to the SFTJob
+file's directory, so an example runs from any working directory; scheme-less *outputs*
+(checkpoints, output) are relative to the current directory. Checkpoints default to
+``./runs/<name>/checkpoints``. Before training it measures the untrained model (held-out exact
+match per task_type, golden-set pass rate) and prints the same figures after training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from . import exit_codes
+
+TIME_BUDGET_ENV = "SFT_TIME_BUDGET_SECONDS"  # same as --time-budget: stop training after this long
+
+
+def _abs(uri: str | None) -> str | None:
+    if uri is None or "://" in uri:
+        return uri
+    return str(Path(uri).resolve())
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _apply_overrides(job: Any, overrides: dict[str, Any]) -> None:
+    t = job.spec.training
+    if overrides.get("max_steps"):
+        t.max_steps, t.epochs = int(overrides["max_steps"]), None
+    if overrides.get("checkpoints_uri"):
+        job.spec.checkpoints.uri = overrides["checkpoints_uri"]
+
+
+def summary_table(result: Any):
+    from rich.table import Table
+
+    table = Table(title="held-out exact match (test split) and golden set, before → after training")
+    table.add_column("task_type")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    before, after = result.exact_match_before or {}, result.exact_match_after or {}
+    for task in sorted(set(before) | set(after), key=lambda t: (t == "overall", t)):
+        table.add_row(task, _pct(before.get(task)), _pct(after.get(task)))
+    if result.golden_after is not None:
+        gb = (result.golden_before or {}).get("pass_rate")
+        table.add_row("[bold]golden set pass rate", _pct(gb), _pct(result.golden_after["pass_rate"]))
+    return table
+
+
+def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None) -> int:
+    """Run an SFTJob on this machine; returns the trainer's exit code (see ``exit_codes``).
+
+    ``overrides``: ``time_budget`` (seconds of training, then stop with a final checkpoint),
+    ``max_steps``, ``workdir``, ``checkpoints_uri``, ``metrics_port`` (default: a free port; the
+    URL is printed), ``measure`` (default True: before/after exact match and golden set).
+    """
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    overrides = dict(overrides or {})
+    console = Console(stderr=False)
+    job_path = Path(job_path)
+    from sft_operator.api import SFTJobLoadError, load_sftjob
+
+    try:
+        job = load_sftjob(job_path)
+    except FileNotFoundError:
+        console.print(f"[red]error:[/] {job_path}: no such file")
+        return exit_codes.CONFIG_ERROR
+    except SFTJobLoadError as e:
+        console.print(f"[red]invalid SFTJob:[/] {e}")
+        return exit_codes.CONFIG_ERROR
+    _apply_overrides(job, overrides)
+    name = job.metadata.name
+    job.spec.checkpoints.uri = _abs(job.spec.checkpoints.uri or f"runs/{name}/checkpoints")
+    if job.spec.output is not None:
+        job.spec.output.uri = _abs(job.spec.output.uri)
+    workdir = Path(overrides.get("workdir") or f"runs/{name}/work").resolve()
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]", force=True,
+                        handlers=[RichHandler(console=console, show_path=False, markup=False)])
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from datasets.utils.logging import disable_progress_bar
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bar()
+    hf_logging.disable_progress_bar()
+    if overrides.get("time_budget") is None and os.environ.get(TIME_BUDGET_ENV):
+        overrides["time_budget"] = float(os.environ[TIME_BUDGET_ENV])
+
+    from .console import RichProgressCallback
+    from .train import train
+
+    def on_preflight(report: Any) -> None:
+        from rich.panel import Panel
+
+        console.print(Panel("\n".join(report.lines()), title="preflight", expand=False))
+
+    console.print(f"[bold]sftctl run[/] {job_path} → checkpoints {job.spec.checkpoints.uri}")
+    try:
+        result = train(
+            job, workdir=workdir, base_dir=job_path.resolve().parent, measure_before=overrides.get("measure", True),
+            max_train_seconds=overrides.get("time_budget"), metrics_port=overrides.get("metrics_port", 0),
+            extra_callbacks=[RichProgressCallback(console)], on_preflight=on_preflight,
+            on_phase=lambda msg: console.print(f"[cyan]›[/] {msg}"),
+        )
+    except exit_codes.TrainerError as e:
+        console.print(f"[red]{e.reason}[/] (exit {e.exit_code}): {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return exit_codes.INTERRUPTED
+
+    console.print(summary_table(result))
+    tps = f"{result.tokens_per_second:.0f}" if result.tokens_per_second else "-"
+    console.print(
+        f"steps {result.global_step}/{result.max_steps} in {result.train_seconds:.0f}s, {tps} tokens/s, "
+        f"train loss {result.train_loss if result.train_loss is None else round(result.train_loss, 4)}, "
+        f"eval loss {result.eval_loss if result.eval_loss is None else round(result.eval_loss, 4)}, "
+        f"test loss {result.test_loss if result.test_loss is None else round(result.test_loss, 4)}"
+    )
+    if result.resumed_from is not None:
+        console.print(f"resumed from committed checkpoint {result.resumed_from}")
+    for label, value in (("checkpoint", result.checkpoint_uri), ("model", result.output_uri),
+                         ("loss curve", result.loss_curve), ("report", str(workdir / "result.json"))):
+        if value:
+            console.print(f"{label}: {value}")
+    if result.exit_code != exit_codes.SUCCESS:
+        console.print(f"[red]{result.message}[/] (exit {result.exit_code})")
+    return result.exit_code
+
+
+def result_json(workdir: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads((Path(workdir) / "result.json").read_text())
