@@ -103,4 +103,6 @@ sft_operator.settings.OperatorSettings.from_env.
   value: {{ .Values.operator.metricsPort | quote }}
 - name: SFT_OPERATOR_HEALTH_PORT
   value: {{ .Values.operator.healthPort | quote }}
+- name: SFT_PEERING_LIFETIME_SECONDS
+  value: {{ .Values.operator.peering.lifetimeSeconds | quote }}
 {{- end }}

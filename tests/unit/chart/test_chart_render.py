@@ -92,6 +92,15 @@ def test_security_context_is_restricted(render):
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
 
 
+def test_replicas_above_one_are_hot_standbys(render):
+    dep = one(render("--set", "operator.replicas=2", "--set", "operator.peering.lifetimeSeconds=20"), "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert "strategy" not in dep["spec"]  # rolling update: peering keeps the extra replica paused
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SFT_PEERING_LIFETIME_SECONDS"] == "20"
+    assert "--standalone" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def test_operator_cli_accepts_the_rendered_args(render):
     """The Deployment's args parse with the operator's own CLI, and peering uses the object the chart creates."""
     import sft_operator.handlers as handlers
@@ -151,6 +160,7 @@ def test_trainer_defaults_become_operator_settings(render, monkeypatch):
     assert settings.shm_size == "32Gi"
     assert settings.resync_seconds == 5.0
     assert settings.metrics_port == 8080 and settings.health_port == 8081
+    assert settings.peering_lifetime_seconds == 60
 
 
 def test_trainer_defaults_left_empty_keep_operator_defaults(render, monkeypatch):

@@ -10,7 +10,7 @@ CHART = Path(__file__).resolve().parents[3] / "charts" / "sft-operator"
 
 BAD = [
     (["--set", "operator.replicas=0"], "at '/operator/replicas': minimum: got 0, want 1"),
-    (["--set", "operator.replicas=2"], "at '/operator/replicas': maximum: got 2, want 1"),
+    (["--set", "operator.replicas=9"], "at '/operator/replicas': maximum: got 9, want 5"),
     (["--set", "operator.image.pullPolicy=Sometimes"], "at '/operator/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'"),
     (["--set", "operator.metricsPort=70000"], "at '/operator/metricsPort': maximum: got 70,000, want 65,535"),
     (["--set", "operator.bogus=1"], "at '/operator': additional properties 'bogus' not allowed"),
@@ -46,7 +46,7 @@ def test_schema_rejects_a_bad_values_file(run_helm, tmp_path):
 def test_schema_accepts_realistic_values(run_helm, tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(
-        "operator:\n  replicas: 1\n  image: {repository: registry.example/sft-operator, tag: '0.2.0', pullPolicy: Always}\n"
+        "operator:\n  replicas: 2\n  image: {repository: registry.example/sft-operator, tag: '0.2.0', pullPolicy: Always}\n"
         "  imagePullSecrets: [{name: regcred}]\n  extraEnv: [{name: LOG_LEVEL, value: debug}]\n"
         "  tolerations: [{key: dedicated, operator: Equal, value: ops, effect: NoSchedule}]\n"
         "trainer:\n  resources: {requests: {cpu: 32, memory: 512Gi, nvidia.com/gpu: 8}, limits: {memory: 600Gi}}\n"
