@@ -425,6 +425,7 @@ class ProgressCallback(TrainerCallback):
         eta = eta_seconds(self.step_durations, step, total)
         if eta is not None:
             progress["etaSeconds"] = int(round(eta))
+        progress["updatedAt"] = _utcnow()
         patch: dict[str, Any] = {"progress": progress}
         if self.latest:
             patch["metrics"] = dict(self.latest)
@@ -461,6 +462,8 @@ class ProgressCallback(TrainerCallback):
                 self.latest["tokensPerSecond"] = round(rate, 1)
         if "learning_rate" in logs:
             self.latest["learningRate"] = float(logs["learning_rate"])
+        if logs.get("grad_norm") is not None:
+            self.latest["gradNorm"] = float(logs["grad_norm"])
         if "eval_loss" in logs:
             self.latest["evalLoss"] = float(logs["eval_loss"])
         if self.console and ("loss" in logs or "eval_loss" in logs):

@@ -14,6 +14,7 @@ fields the trainer owns (ARCHITECTURE §2): ``progress``, ``metrics``, ``checkpo
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import os
@@ -137,6 +138,8 @@ class KubeStatusReporter:
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="sft-status-reporter", daemon=True)
         self._thread.start()
+        # the last reports (final progress, evaluation) must not die with the daemon thread
+        atexit.register(self.close, 5.0)
 
     @classmethod
     def from_token(
@@ -221,11 +224,14 @@ class KubeStatusReporter:
 
     def close(self, timeout: float = 5.0) -> None:
         """Try to send what is pending, then stop the thread (never raises)."""
+        if self._closed:
+            return
         self.flush(timeout)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=1.0)
+        atexit.unregister(self.close)
 
 
 def make_reporter(env: Mapping[str, str] | None = None) -> ProgressReporter:

@@ -45,6 +45,7 @@ def test_snapshot_has_the_status_fields_in_camel_case():
     cb.step_durations.extend([0.5, 1.5])
     cb.latest = {"trainLoss": 1.2}
     snap = cb.snapshot(state)
+    assert snap["progress"].pop("updatedAt").endswith("Z")
     assert snap == {
         "progress": {"step": 30, "totalSteps": 120, "epoch": 0.75, "percent": 25.0,
                      "etaSeconds": 90},
