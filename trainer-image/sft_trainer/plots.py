@@ -53,9 +53,10 @@ def write_loss_curve(
     try:
         styles = {"train": dict(color="tab:blue", lw=1.2, alpha=0.8),
                   "eval": dict(color="black", lw=2.0, marker="o", ms=4)}
+        task_colors = iter(plt.get_cmap("tab10").colors[1:] * 4)  # blue is the train loss
         for name in sorted(series, key=lambda n: (n != "train", n != "eval", n)):
             pts = series[name]
-            kw = styles.get(name, dict(lw=1.2, ls="--", marker=".", ms=4))
+            kw = styles.get(name) or dict(color=next(task_colors), lw=1.2, ls="--", marker=".", ms=4)
             ax.plot([s for s, _ in pts], [v for _, v in pts], label=name.replace("/", ": "), **kw)
         if not series:
             ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
