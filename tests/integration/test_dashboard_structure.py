@@ -171,3 +171,11 @@ def test_the_parse_check_rejects_bad_promql(prometheus, expr):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{prom.url}/api/v1/query?" + urllib.parse.urlencode({"query": substitute(expr)}), timeout=10)
     assert e.value.code == 400
+
+
+def test_the_docs_picture_draws_dashboard_panels():
+    """render_quickstart_png.py plots panels of this dashboard by title; they must exist, with their queries."""
+    import render_quickstart_png
+
+    titles = {p["title"] for p in panels(load())}
+    assert set(render_quickstart_png.PANELS) <= titles
