@@ -180,8 +180,7 @@ class Sft:
         cfg = client.Configuration()
         base = self.api_client.configuration
         cfg.host, cfg.ssl_ca_cert = base.host, base.ssl_ca_cert
-        cfg.api_key = {"authorization": token}
-        cfg.api_key_prefix = {"authorization": "Bearer"}
+        cfg.api_key = {"authorization": f"Bearer {token}"}  # kubernetes>=36 ignores api_key_prefix here
         with client.ApiClient(cfg) as trainer_api:
             client.CustomObjectsApi(trainer_api).api_client.call_api(
                 f"/apis/sft.dev/v1alpha1/namespaces/{self.ns}/sftjobs/{name}/status", "PATCH",

@@ -46,8 +46,8 @@ def impersonating(admin: client.ApiClient, user: str) -> client.ApiClient:
 
 def with_token(admin: client.ApiClient, token: str) -> client.ApiClient:
     cfg = _config_like(admin)
-    cfg.api_key = {"authorization": token}
-    cfg.api_key_prefix = {"authorization": "Bearer"}
+    # The full header value: kubernetes>=36 ignores api_key_prefix for the "authorization" key.
+    cfg.api_key = {"authorization": f"Bearer {token}"}
     return client.ApiClient(cfg)
 
 

@@ -67,8 +67,8 @@ def _job_condition(batch: client.BatchV1Api, ns: str, name: str, ctype: str):
     ("etcd", f"etcd Version: {build.ETCD_VERSION.lstrip('v')}"),
     ("kwok", build.KWOK_VERSION.lstrip("v")),
 ])
-def test_binaries_report_their_pinned_version(binary, expect):
-    out = subprocess.run([str(build.ensure_binaries() / binary), "--version"], capture_output=True, text=True)
+def test_binaries_report_their_pinned_version(binary, expect, devcluster_bin):
+    out = subprocess.run([str(devcluster_bin / binary), "--version"], capture_output=True, text=True)
     assert expect in out.stdout + out.stderr
 
 
@@ -200,7 +200,7 @@ def test_rbac_is_enforced_for_service_account_tokens(kube_api, namespace, dev_cl
         "probe", namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])))
     cfg = client.Configuration()
     cfg.host, cfg.ssl_ca_cert = dev_cluster.server, str(dev_cluster.ca_file)
-    cfg.api_key, cfg.api_key_prefix = {"authorization": tr.status.token}, {"authorization": "Bearer"}
+    cfg.api_key = {"authorization": f"Bearer {tr.status.token}"}
     with client.ApiClient(cfg) as sa_api:
         sa_core = client.CoreV1Api(sa_api)
         with pytest.raises(ApiException) as e:

@@ -28,7 +28,7 @@ def _wait_dead(pid: int, timeout: float = 10) -> None:
 
 
 @pytest.mark.cluster
-def test_up_idempotent_status_crash_and_down(tmp_path):
+def test_up_idempotent_status_crash_and_down(tmp_path, devcluster_bin):
     c = DevCluster(tmp_path / "state")
     ports = Ports.free()
     log = io.StringIO()
@@ -73,7 +73,7 @@ def test_up_idempotent_status_crash_and_down(tmp_path):
 
 
 @pytest.mark.cluster
-def test_pidfile_lost_by_a_killed_up_is_still_cleaned_by_down(tmp_path):
+def test_pidfile_lost_by_a_killed_up_is_still_cleaned_by_down(tmp_path, devcluster_bin):
     c = DevCluster(tmp_path / "state")
     ports = Ports.free()
     try:
@@ -86,8 +86,7 @@ def test_pidfile_lost_by_a_killed_up_is_still_cleaned_by_down(tmp_path):
         c.down()
 
 
-def test_port_in_use_is_named(tmp_path):
-    build.ensure_binaries()
+def test_port_in_use_is_named(tmp_path, devcluster_bin):
     ports = Ports.free()
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", ports.apiserver))
@@ -105,7 +104,6 @@ def test_cli_status_reports_a_missing_cluster(tmp_path):
                         str(tmp_path / "none")], capture_output=True, text=True)
     assert p.returncode == 1
     assert "no dev cluster in" in p.stdout
-    assert "stopped" in p.stdout
 
 
 def test_missing_go_is_named(monkeypatch, tmp_path):
@@ -142,8 +140,7 @@ def test_build_failure_names_the_step_and_shows_the_error(monkeypatch, tmp_path)
     assert not (tmp_path / "cache" / build.version_dir().name / "bin").exists()
 
 
-def test_build_module_reuses_the_cache_in_seconds():
-    build.ensure_binaries()
+def test_build_module_reuses_the_cache_in_seconds(devcluster_bin):
     t = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "sft_operator.devcluster.build"], capture_output=True, text=True)
     took = time.monotonic() - t

@@ -7,62 +7,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
-from ckpt_trainer_harness import free_port
+from trainer_run_helpers import entrypoint_job, launch_entrypoint
 
 from sft_trainer.checkpoint_store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-QUICKSTART_DATA = REPO / "examples" / "data" / "quickstart" / "train.jsonl"
-
-
-def job_yaml(tmp: Path, checkpoints_uri: str, endpoint: str) -> Path:
-    data = tmp / "train.jsonl"
-    with open(QUICKSTART_DATA) as src:  # a small slice keeps preflight and tokenizing quick
-        data.write_text("".join(line for _, line in zip(range(300), src)))
-    job = {
-        "apiVersion": "sft.dev/v1alpha1", "kind": "SFTJob",
-        "metadata": {"name": "ddp-gloo"},
-        "spec": {
-            "model": {"uri": "builtin://tiny-llama"},
-            "datasets": [{"uri": str(data), "format": "messages"}],
-            "split": {"validation": 0.0, "test": 0.0, "seed": 1},
-            "method": {"type": "full"},
-            "training": {"maxSteps": 6, "learningRate": 1e-3, "perDeviceBatchSize": 1,
-                         "maxSeqLength": 256, "packing": True, "lossOn": "assistant",
-                         "gradientCheckpointing": False, "precision": "fp32", "loggingSteps": 1},
-            "checkpoints": {"uri": checkpoints_uri, "everySteps": 3, "keep": 2},
-            "storage": {"endpoint": endpoint, "secretRef": "s3-credentials"},  # creds: env
-            "workers": {"nodes": 1, "gpusPerNode": 0},
-        },
-    }
-    path = tmp / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
-
 
 def test_two_process_gloo_run_commits_to_s3(s3, s3_bucket, tmp_path):
     uri = f"s3://{s3_bucket}/ddp"
-    cfg = job_yaml(tmp_path, uri, s3.endpoint)
-    env = {**os.environ, **s3.env(), "NNODES": "1", "NODE_RANK": "0", "NPROC_PER_NODE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "SFT_METRICS_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SFT_JOB_NAME", "SFT_JOB_NAMESPACE"):
-        env.pop(k, None)
+    job = entrypoint_job(tmp_path, "ddp-gloo", uri, max_steps=6, every_steps=3, keep=2,
+                         endpoint=s3.endpoint)
     log = tmp_path / "trainer.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sft_trainer", "--config", str(cfg), "--workdir",
-             str(tmp_path / "work")],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = launch_entrypoint(job, tmp_path / "work", log, s3.env(), nproc=2)
     try:
         rc = proc.wait(400)
     finally:
