@@ -85,7 +85,8 @@ def status(
         }, indent=1))
     else:
         if cfg is None:
-            typer.echo(f"no dev cluster in {c.state_dir}")
+            typer.echo(f"no dev cluster in {c.state_dir} (start one with `sftctl dev-cluster up`)")
+            raise typer.Exit(1)
         for s in st:
             state = typer.style("running", fg=typer.colors.GREEN) if s.running else typer.style(
                 "stopped", fg=typer.colors.RED)

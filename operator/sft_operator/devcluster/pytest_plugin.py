@@ -62,6 +62,28 @@ def _info_from_kubeconfig(path: Path):
                        nodes=[], pids={})
 
 
+def _require_binaries() -> Path:
+    from sft_operator.devcluster.build import BuildError, bin_dir, binaries_ready, ensure_binaries
+
+    if binaries_ready():
+        return bin_dir()
+    if not os.environ.get("SFT_TEST_BUILD"):
+        # A cold build takes 20-40 minutes: longer than any test timeout, so it is a separate step.
+        pytest.fail(f"the dev cluster binaries are not built in {bin_dir()}: run `bash scripts/build-binaries.sh` "
+                    "(or `sftctl dev-cluster build`) first, or set SFT_TEST_BUILD=1 to build them here",
+                    pytrace=False)
+    try:
+        return ensure_binaries()
+    except BuildError as e:
+        _fail("building the dev cluster binaries failed", e)
+
+
+@pytest.fixture(scope="session")
+def devcluster_bin() -> Path:
+    """The directory holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok."""
+    return _require_binaries()
+
+
 @pytest.fixture(scope="session")
 def dev_cluster(tmp_path_factory):
     """ClusterInfo of a real control plane with kwok GPU nodes (4 x nvidia.com/gpu=8 by default)."""
@@ -77,13 +99,7 @@ def dev_cluster(tmp_path_factory):
             _fail(f"SFT_TEST_KUBECONFIG={external} is not usable", e)
         yield info
         return
-    from sft_operator.devcluster.build import bin_dir, binaries_ready
-
-    if not binaries_ready() and not os.environ.get("SFT_TEST_BUILD"):
-        # A cold build takes 20-40 minutes: longer than any test timeout, so it is a separate step.
-        pytest.fail(f"the dev cluster binaries are not built in {bin_dir()}: run `bash scripts/build-binaries.sh` "
-                    "(or `sftctl dev-cluster build`) first, or set SFT_TEST_BUILD=1 to build them here",
-                    pytrace=False)
+    _require_binaries()
     state = tmp_path_factory.mktemp("devcluster")
     cluster = DevCluster(state)
     t = time.monotonic()
@@ -106,8 +122,8 @@ def kube_api(dev_cluster):
 
     cfg = client.Configuration()
     cfg.host = dev_cluster.server
-    cfg.api_key = {"authorization": dev_cluster.token}
-    cfg.api_key_prefix = {"authorization": "Bearer"}
+    # The full header value, no api_key_prefix: kubernetes>=36 looks the prefix up under another key.
+    cfg.api_key = {"authorization": f"Bearer {dev_cluster.token}"}
     cfg.ssl_ca_cert = str(dev_cluster.ca_file)
     api = client.ApiClient(cfg)
     try:
