@@ -151,8 +151,8 @@ class KubeStatusReporter:
 
         cfg = client.Configuration()
         cfg.host = host
-        cfg.api_key = {"authorization": token}
-        cfg.api_key_prefix = {"authorization": "Bearer"}
+        # the full header value: kubernetes>=36 no longer applies api_key_prefix to "authorization"
+        cfg.api_key = {"authorization": f"Bearer {token}"}
         cfg.ssl_ca_cert = ca_file
         cfg.verify_ssl = verify_ssl
         cfg.retries = 0  # the reporter retries on its own schedule
