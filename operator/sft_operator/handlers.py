@@ -71,8 +71,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.sft.dev")
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING  # our own Events describe transitions
-    settings.peering.name = "sft-operator"
-    settings.peering.clusterwide = True
+    if not settings.peering.standalone:
+        settings.peering.name = "sft-operator"
+        settings.peering.clusterwide = True
     settings.peering.lifetime = load_settings().peering_lifetime_seconds
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
@@ -152,7 +153,8 @@ def _record(key, body: Mapping, result: Result, now: datetime, logger) -> None:
             metrics.TIME_TO_RUNNING.observe(max((now - created).total_seconds(), 0.0))
     if result.status_patch or result.delete or result.apply:
         logger.info(
-            "reconciled",
+            f"reconciled {key[0]}/{key[1]}: phase={result.status.get('phase')} attempt={result.status.get('attempt')} "
+            f"events={[e.reason for e in result.events]}",
             extra={
                 "sftjob": f"{key[0]}/{key[1]}",
                 "phase": result.status.get("phase"),

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     kopf.run(
         standalone=args.standalone,
         priority=priority,
-        peering_name="sft-operator",
+        # A named peering is mandatory in kopf: pass it only when peering is wanted.
+        peering_name=None if args.standalone else "sft-operator",
         liveness_endpoint=liveness,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
