@@ -155,19 +155,23 @@ def test_install_upgrade_uninstall(helm, kubectl, namespace, tmp_path):
             assert _get(kubectl, "crd", crd) is not None, f"{crd} was deleted by uninstall"
         assert _get(kubectl, "sftjob", "quickstart", "-n", ns) is not None
 
-        # -- reinstall over the kept CRDs (README adoption), with crds.keep=false ------------------
+        # -- reinstall over the kept CRDs -----------------------------------------------------------
         kubectl("delete", "sftjob", "quickstart", "-n", ns, "--wait=false")
         kubectl("patch", "sftjob", "quickstart", "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
-        p = helm("install", RELEASE, str(CHART), "-n", ns, "--set", "crds.keep=false", check=False)
-        assert p.returncode != 0 and "invalid ownership metadata" in p.stderr  # why adoption is needed
-        _adopt_crds(kubectl, RELEASE, ns)
-        helm("install", RELEASE, str(CHART), "-n", ns, "--set", "crds.keep=false", "--wait=false")
+        # Another release cannot take over CRDs that still name the first one ...
+        p = helm("install", "sft2", str(CHART), "-n", ns, "--set", "crds.keep=false", check=False)
+        assert p.returncode != 0 and "invalid ownership metadata" in p.stderr, p.stderr
+        # ... until they are adopted as the README says.
+        _adopt_crds(kubectl, "sft2", ns)
+        helm("install", "sft2", str(CHART), "-n", ns, "--set", "crds.keep=false", "--wait=false")
         assert "helm.sh/resource-policy" not in (_get(kubectl, "crd", "sftjobs.sft.dev")["metadata"].get("annotations") or {})
-        helm("uninstall", RELEASE, "-n", ns, "--wait")
+        # With crds.keep=false, uninstall deletes the CRDs.
+        helm("uninstall", "sft2", "-n", ns, "--wait")
         for crd in CRDS:
             _wait_gone(kubectl, "crd", crd)
     finally:
         helm("uninstall", RELEASE, "-n", ns, check=False)
+        helm("uninstall", "sft2", "-n", ns, check=False)
         # Restore what the session's other tests expect: the generated SFTJob CRD, Established.
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "sftjob.yaml"))
         kubectl("wait", "--for=condition=Established", "crd/sftjobs.sft.dev", "--timeout=60s")
