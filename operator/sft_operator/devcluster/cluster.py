@@ -256,7 +256,7 @@ class DevCluster:
         return all(s.running for s in self.status())
 
     # -- down --------------------------------------------------------------------------------
-    def down(self, purge: bool = False) -> list[str]:
+    def down(self, purge: bool = False, check_ports: bool = True) -> list[str]:
         """Stop every process this state dir started (even after a crash); returns what was stopped."""
         stopped = []
         for c in reversed(COMPONENTS):
@@ -272,7 +272,7 @@ class DevCluster:
                 _terminate(pid, _proc_start_time(pid))
                 stopped.append(f"stray pid {pid}")
         cfg = self.load_config()
-        if cfg:
+        if cfg and check_ports:
             busy = [p for ps in self._ports(cfg).by_component().values() for p in ps if _port_in_use(p)]
             deadline = time.monotonic() + 5
             while busy and time.monotonic() < deadline:
@@ -320,8 +320,8 @@ class DevCluster:
                       "restarting the control plane", file=log)
             # Restart the whole chain: a half-running set (e.g. apiserver alive, etcd dead) is not
             # worth reasoning about, and etcd's data survives the restart.
-            self.down()
-            self._check_ports(p)
+            stopped = self.down(check_ports=False)  # _check_ports names whatever still holds a port
+            self._check_ports(p, grace=10.0 if stopped else 0.0)
             self._write_pki()
             self._write_auth(cfg, p)
             self._start_all(bindir, cfg, p, wait, log)
@@ -329,9 +329,13 @@ class DevCluster:
         self._ensure_nodes(cfg, info, log)
         return self.info()
 
-    def _check_ports(self, p: Ports) -> None:
+    def _check_ports(self, p: Ports, grace: float = 0.0) -> None:
+        # `grace`: a component we just stopped can hold its port for a moment after it exits.
+        deadline = time.monotonic() + grace
         for comp, ports in p.by_component().items():
             for port in ports:
+                while _port_in_use(port) and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 if _port_in_use(port):
                     raise ClusterError(
                         f"port {port} on {HOST} (for {comp}) is already in use{_port_owner(port)}. "
@@ -543,6 +547,8 @@ class DevCluster:
         }
 
     def add_nodes(self, names: list[str], gpus: int) -> None:
+        if not names:
+            return
         items = [self.node_manifest(n, gpus, i) for i, n in enumerate(names)]
         doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         p = subprocess.run([str(kubectl()), "--kubeconfig", str(self.kubeconfig), "apply", "-f", "-"],
