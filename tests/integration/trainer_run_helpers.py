@@ -18,7 +18,7 @@ QUICKSTART_DATA = REPO / "examples" / "data" / "quickstart" / "train.jsonl"
 
 def entrypoint_job(tmp: Path, name: str, checkpoints_uri: str, *, max_steps: int, every_steps: int,
                    keep: int = 3, endpoint: str | None = None, rows: int = 300,
-                   validation: float = 0.0, eval_every: int | None = None) -> Path:
+                   validation: float = 0.0, eval_every: int | None = None, nodes: int = 1) -> Path:
     """A small SFTJob for the real trainer entrypoint: the tiny model on a slice of the
     quickstart data (no test split), checkpoints to ``checkpoints_uri``."""
     data = tmp / "train.jsonl"
@@ -34,7 +34,7 @@ def entrypoint_job(tmp: Path, name: str, checkpoints_uri: str, *, max_steps: int
                      "maxSeqLength": 256, "packing": True, "lossOn": "assistant",
                      "gradientCheckpointing": False, "precision": "fp32", "loggingSteps": 1},
         "checkpoints": {"uri": checkpoints_uri, "everySteps": every_steps, "keep": keep},
-        "workers": {"nodes": 1, "gpusPerNode": 0},
+        "workers": {"nodes": nodes, "gpusPerNode": 0},
     }
     if eval_every:
         spec["eval"] = {"everySteps": eval_every}
