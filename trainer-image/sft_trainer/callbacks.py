@@ -322,6 +322,10 @@ class PrometheusMetricsCallback(TrainerCallback):
             self.port = self.metrics.serve(self.port)
         self.metrics.set("sftjob_total_steps", state.max_steps)
         self.metrics.set("sftjob_step", state.global_step)
+        if state.global_step > 0:
+            # resumed: from a committed checkpoint at exactly this step; without this the gauge
+            # would read 0 until the next commit and the checkpoint-age alert would fire
+            self.metrics.set("sftjob_checkpoint_last_step", state.global_step)
         self.tokens.start(0.0)
         self.n_devices = max(1, int(getattr(args, "world_size", 1) or 1))
         seq_len = self.seq_len or getattr(args, "max_length", None) or 0

@@ -117,7 +117,8 @@ def mfu(tokens_per_second: float, flops_per_tok: float, peak_per_device: float |
 
 def model_flops_per_token(model: Any, seq_len: int) -> float:
     """FLOPs/token of a HF model (frozen parameters included; PEFT wrappers are fine)."""
-    n = sum(p.numel() for p in model.parameters())
+    # ZeRO-3 partitions parameters (numel() is 0 on every rank); ds_numel keeps the full size
+    n = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters())
     cfg = getattr(model, "config", None)
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)

@@ -91,6 +91,16 @@ def test_callback_maps_trainer_logs_to_gauges():
     assert g("sftjob_mfu_ratio") == 0  # no known peak on the CPU
 
 
+def test_resumed_run_starts_with_its_checkpoint_step():
+    cb = PrometheusMetricsCallback("ns", "job", serve=False)
+    state = TrainerState()
+    state.global_step, state.max_steps = 400, 1000
+    cb.on_train_begin(SimpleNamespace(world_size=1), state, TrainerControl())
+    labels = {"namespace": "ns", "sftjob": "job"}
+    assert cb.metrics.registry.get_sample_value("sftjob_checkpoint_last_step", labels) == 400
+    assert cb.metrics.registry.get_sample_value("sftjob_step", labels) == 400
+
+
 def test_eval_losses_parsing():
     assert eval_losses({"eval_loss": 1, "eval_a_b_loss": 2, "eval_runtime": 3, "loss": 4}) == {
         "all": 1.0, "a_b": 2.0
@@ -109,6 +119,20 @@ def test_eval_losses_parsing():
 ])
 def test_peak_table(name, peak):
     assert peak_flops_for(name, env={}) == peak
+
+
+def test_flops_count_zero3_partitioned_parameters():
+    import torch
+
+    from sft_trainer.metrics import model_flops_per_token
+
+    model = torch.nn.Linear(10, 10)  # 110 parameters
+    model.config = SimpleNamespace(num_hidden_layers=1, hidden_size=10)
+    assert model_flops_per_token(model, seq_len=4) == 6 * 110 + 12 * 1 * 10 * 4
+    for p in model.parameters():  # what ZeRO-3 leaves on each rank
+        p.ds_numel = p.numel()
+        p.data = torch.empty(0)
+    assert model_flops_per_token(model, seq_len=4) == 6 * 110 + 12 * 1 * 10 * 4
 
 
 def test_peak_override_and_mfu_formula():
