@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -99,16 +100,13 @@ def scan_local_dir(local_dir: str | os.PathLike[str]) -> list[tuple[Path, FileEn
     root = Path(local_dir)
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist")
-    out: list[tuple[Path, FileEntry]] = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root).as_posix()
-        if rel == MARKER:
-            continue  # never upload a stale marker as data
-        size, digest = sha256_file(p)
-        out.append((p, FileEntry(rel, size, digest)))
-    return out
+    paths = [p for p in sorted(root.rglob("*"))
+             if p.is_file() and p.relative_to(root).as_posix() != MARKER]  # never a stale marker
+    # hashlib releases the GIL on large buffers: hash the shards of a big checkpoint in parallel
+    with ThreadPoolExecutor(max_workers=min(8, len(paths) or 1)) as pool:
+        digests = list(pool.map(sha256_file, paths))
+    return [(p, FileEntry(p.relative_to(root).as_posix(), size, digest))
+            for p, (size, digest) in zip(paths, digests)]
 
 
 def _utcnow() -> str:
@@ -165,6 +163,10 @@ class CheckpointStore:
         files = scan_local_dir(local_dir)
         if self._local:
             self.fs.makedirs(d, exist_ok=True)
+        elif not delay and files:
+            # object stores: one batched call uploads the files concurrently (multipart for big ones)
+            self.fs.put([str(p) for p, _ in files], [f"{d}/{e.path}" for _, e in files])
+            return [e for _, e in files]
         for local_path, entry in files:
             remote = f"{d}/{entry.path}"
             if self._local:

@@ -220,21 +220,20 @@ def split_examples(examples: list[dict[str, Any]], validation: float, test: floa
 def mix_by_weight(parts: list[tuple[list[dict[str, Any]], float]], seed: int) -> list[dict[str, Any]]:
     """Mix training sets so that source *i* makes up ``weight_i / sum(weights)`` of the result.
 
-    The largest source relative to its weight is used once; the others are subsampled
-    (weight share below their size share) or repeated (above it). Deterministic in ``seed``.
+    The mix is as large as all sources together (an epoch keeps its size); a source whose share
+    is below its size share is subsampled without repeats, one above it is repeated whole and
+    topped up with a sample. Deterministic in ``seed``; a single source is only shuffled.
     """
     parts = [(ex, w) for ex, w in parts if ex]
     if not parts:
         return []
+    mixed: list[dict[str, Any]] = []
     if len(parts) == 1:
         mixed = list(parts[0][0])
     else:
         total_w = sum(w for _, w in parts)
-        # the mix size at which no source must be repeated beyond the one that bounds it
-        size = max(len(ex) * total_w / w for ex, w in parts)
-        size = int(round(min(size, sum(len(ex) for ex, _ in parts) * 4)))  # cap oversampling
+        size = sum(len(ex) for ex, _ in parts)
         rng = random.Random(seed)
-        mixed = []
         for ex, w in parts:
             want = int(round(size * w / total_w))
             reps, rest = divmod(want, len(ex))
