@@ -99,6 +99,24 @@ def test_port_in_use_is_named(tmp_path, devcluster_bin):
         DevCluster(tmp_path / "state").down()
 
 
+def test_corrupt_etcd_data_is_named(tmp_path, devcluster_bin):
+    state = tmp_path / "state"
+    (state / "etcd" / "member" / "wal").mkdir(parents=True)
+    (state / "etcd" / "member" / "snap").mkdir()
+    (state / "etcd" / "member" / "snap" / "db").write_bytes(os.urandom(4096))
+    c = DevCluster(state)
+    try:
+        with pytest.raises(ClusterError) as e:
+            c.up(nodes=0, ports=Ports.free(), log=io.StringIO())
+        msg = str(e.value)
+        assert "etcd exited" in msg and "looks stale or corrupt" in msg and "down --purge" in msg
+        assert "failed to open database" in msg
+    finally:
+        c.down()
+    c.down(purge=True)
+    assert not state.exists()
+
+
 def test_cli_status_reports_a_missing_cluster(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sft_operator.devcluster.cli", "status", "--state-dir",
                         str(tmp_path / "none")], capture_output=True, text=True)

@@ -409,12 +409,24 @@ class DevCluster:
             json.dumps({"pid": proc.pid, "start": _proc_start_time(proc.pid), "argv": argv}))
         return proc
 
-    def _log_tail(self, name: str, n: int = 20) -> str:
+    def _log_tail(self, name: str, n: int = 12) -> str:
+        """The end of a component's log, with etcd's JSON lines and Go stack traces condensed."""
         try:
             lines = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
         except OSError:
             return ""
-        return "\n".join(lines[-n:])
+        out = []
+        for line in lines:
+            if line.startswith("{"):
+                try:
+                    rec = json.loads(line)
+                    line = " ".join(str(rec[k]) for k in ("level", "msg", "error") if rec.get(k))
+                except ValueError:
+                    pass
+            elif line.startswith(("\t", "goroutine ", "go.etcd.io/", "k8s.io/", "created by ", "main.")):
+                continue
+            out.append(line)
+        return "\n".join(out[-n:])
 
     def _wait(self, name: str, proc: subprocess.Popen, check, timeout: float) -> None:
         deadline = time.monotonic() + timeout

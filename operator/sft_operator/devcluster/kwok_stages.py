@@ -211,8 +211,47 @@ spec:
       startTime: {{ $now | Quote }}
 """
 
-# A deleted pod goes away at once (no kubelet runs its grace period); finalizers such as the
-# Job controller's tracking finalizer are left for their owners to remove.
+# A deleted pod that still runs first turns terminal, as the kubelet makes it after SIGTERM (exit
+# 143): the Job controller removes its tracking finalizer only from terminal pods when the Job has a
+# podFailurePolicy, so without this step a deleted running pod of such a Job never goes away.
+POD_TERMINATE = """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-terminate
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'Exists'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending', 'Running']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 143
+            finishedAt: {{ $now | Quote }}
+            reason: Error
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
+"""
+
+# A terminal deleted pod goes away at once (no kubelet runs its grace period); finalizers such as
+# the Job controller's tracking finalizer are left for their owners to remove.
 POD_DELETE = """\
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -226,6 +265,9 @@ spec:
     matchExpressions:
     - key: '.metadata.deletionTimestamp'
       operator: 'Exists'
+    - key: '.status.phase'
+      operator: 'NotIn'
+      values: ['Pending', 'Running']
   next:
     delete: true
 """
@@ -351,6 +393,6 @@ def _disruption_stage(outcome: str) -> str:
 
 def all_stages() -> str:
     """Every Stage as one multi-document YAML for `kwok -c`."""
-    docs = [NODE_INITIALIZE, NODE_HEARTBEAT, POD_READY, POD_DELETE, POD_SUCCEED, POD_FAIL,
+    docs = [NODE_INITIALIZE, NODE_HEARTBEAT, POD_READY, POD_TERMINATE, POD_DELETE, POD_SUCCEED, POD_FAIL,
             _disruption_stage("preempt"), _disruption_stage("evict")]
     return "---\n".join(docs)
