@@ -5,7 +5,7 @@
   gets 409 and the pass is recomputed. A restart is therefore counted exactly once.
 - Children are applied with server-side apply under the field manager `sft-operator`; Jobs are
   only ever created (their pod template is immutable and Kueue owns `spec.suspend` after admission).
-- Deletes ignore 404; Jobs go in the foreground so that "Job gone" means "its pods are gone".
+- Deletes ignore 404; the next attempt starts only once reconcile sees no pod of an earlier one.
 - Events are posted only after the status write succeeded.
 """
 
@@ -132,9 +132,9 @@ class KubeApi:
 
     def delete(self, kind: str, namespace: str, name: str, *, force: bool = False) -> bool:
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
-        if kind == "Job":
-            body["propagationPolicy"] = "Foreground"
-        elif kind != "Pod":
+        if kind != "Pod":
+            # Background: the Job goes at once; reconcile itself waits until no pod of it is left
+            # (a foreground delete would also wait for pods stranded on a lost node).
             body["propagationPolicy"] = "Background"
         if force:
             body["gracePeriodSeconds"] = 0

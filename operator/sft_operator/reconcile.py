@@ -228,9 +228,12 @@ def _run(p: _Pass) -> None:
         for a in sorted({j.attempt for j in stale_jobs if not j.deleting and j.attempt is not None}):
             p.delete_attempt(a)
         p.delete_pods([pd for pd in stale_pods if not pd.deleting or (pd.node and pd.node in p.obs.missing_nodes)])
-        msg = f"waiting for {len(stale_pods)} pod(s) and {len(stale_jobs)} Job(s) of earlier attempts to go"
-        p.cond(CondType.RUNNING, False, Reason.TEARING_DOWN, msg)
-        return
+        # A pod whose node is gone cannot run any more; pod GC removes it later.
+        blocking = [pd for pd in stale_pods if not (pd.node and pd.node in p.obs.missing_nodes)]
+        if blocking or stale_jobs:
+            msg = f"waiting for {len(blocking)} pod(s) and {len(stale_jobs)} Job(s) of earlier attempts to go"
+            p.cond(CondType.RUNNING, False, Reason.TEARING_DOWN, msg)
+            return
 
     attempt = p.attempt
     job = p.obs.job(attempt)

@@ -27,7 +27,7 @@ def test_pod_failure_restarts_the_whole_gang(operator, sft, kwok_pods):
     sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
     pods = sft.running_pods(name, 1, 2)
     sft.wait_phase(name, "Running")
-    kwok_pods.fail(sft.ns, pods[1].metadata.name, exit_code=3)
+    kwok_pods.fail(sft.ns, pods[1].metadata.name, exit_code=3, wait=False)
 
     job2 = wait_job(sft, name, 2)
     # Attempt 2 exists only once no pod of attempt 1 is left.
@@ -52,7 +52,7 @@ def test_eviction_counts_as_preemption(operator, sft, kwok_pods):
     sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
     pods = sft.running_pods(name, 1, 2)
     sft.wait_phase(name, "Running")
-    kwok_pods.evict(sft.ns, pods[0].metadata.name)
+    kwok_pods.evict(sft.ns, pods[0].metadata.name, wait=False)
     st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2")
     assert st["preemptions"] == 1 and st["restarts"] == 0
     assert cond(st, "Restarting")["reason"] == "Evicted"
@@ -65,9 +65,9 @@ def test_max_restarts_exhausted(operator, sft, kwok_pods):
     name = "exhaust"
     sft.apply(sftjob_manifest(name, nodes=1, gpus=1, failurePolicy={"maxRestarts": 1}))
     [p1] = sft.running_pods(name, 1, 1)
-    kwok_pods.fail(sft.ns, p1.metadata.name, exit_code=7)
+    kwok_pods.fail(sft.ns, p1.metadata.name, exit_code=7, wait=False)
     [p2] = sft.running_pods(name, 2, 1)
-    kwok_pods.fail(sft.ns, p2.metadata.name, exit_code=7)
+    kwok_pods.fail(sft.ns, p2.metadata.name, exit_code=7, wait=False)
     st = sft.wait_phase(name, "Failed", 30)
     c = cond(st, "Failed")
     assert c["reason"] == "MaxRestartsExceeded" and p2.metadata.name in c["message"] and "code 7" in c["message"]
@@ -80,7 +80,7 @@ def test_non_retryable_exit_code_fails_at_once(operator, sft, kwok_pods):
     name = "topology"
     sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
     pods = sft.running_pods(name, 1, 2)
-    kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=66)
+    kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=66, wait=False)
     st = sft.wait_phase(name, "Failed", 30)
     assert cond(st, "Failed")["reason"] == "TopologyMismatch"
     assert st["restarts"] == 0 and st["attempt"] == 1
@@ -118,7 +118,7 @@ def test_active_deadline(operator, sft):
 
 def test_node_loss_counts_as_preemption(operator, sft, kwok_pods):
     name = "nodeloss"
-    sft.apply(sftjob_manifest(name, nodes=2, gpus=8))
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
     pods = sft.running_pods(name, 1, 2)
     sft.wait_phase(name, "Running")
     lost = pods[1].spec.node_name

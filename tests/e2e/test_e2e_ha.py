@@ -34,7 +34,7 @@ def test_two_replicas_one_leader_and_failover(operator, sft, kubectl, dev_cluste
         assert "Pausing operations in favour of" in standby_log and "reconciled" not in standby_log
 
         leader.kill()
-        kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=1)
+        kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=1, wait=False)
         sft.running_pods(name, 2, 2, timeout=60)
         st = sft.wait_phase(name, "Running", 30)
         assert st["restarts"] == 1 and st["attempt"] == 2
