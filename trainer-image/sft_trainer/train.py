@@ -31,6 +31,7 @@ class TrainResult:
     exit_code: int = exit_codes.SUCCESS
     global_step: int = 0
     max_steps: int = 0
+    world_size: int = 1
     resumed_from: int | None = None
     uncommitted_ignored: list[str] = field(default_factory=list)
     interrupted: bool = False
@@ -279,6 +280,7 @@ def train(
     has_eval = bool(splits.validation)
     args = cfg.sft_config(has_eval=has_eval)
     check_topology(cfg, int(args.world_size))  # what torch.distributed actually joined
+    result.world_size = int(args.world_size)
     eval_sets = None
     if has_eval:
         eval_sets = {OVERALL: Dataset.from_list(to_trl_rows(splits.validation, cfg.loss_on))}
