@@ -127,7 +127,7 @@ def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, no
             started = time.monotonic()
             body = api.get("SFTJob", namespace, name)
             if body is None:
-                metrics.JOBS.forget(key)
+                metrics.forget_job(key)
                 return None
             obs = _observation(key, jobs_idx, pods_idx, nodes_idx)
             now = datetime.now(timezone.utc)
@@ -146,7 +146,7 @@ def _record(key, body: Mapping, result: Result, now: datetime, logger) -> None:
     if not (body.get("metadata") or {}).get("deletionTimestamp"):
         metrics.JOBS.set(key, result.status.get("phase"))
     for reason in result.counted:
-        metrics.RESTARTS.labels(reason=reason).inc()
+        metrics.RESTARTS.labels(namespace=key[0], sftjob=key[1], reason=reason).inc()
     if result.became_running and int(result.status.get("attempt") or 1) == 1:
         created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
         if created is not None:
@@ -180,8 +180,12 @@ def _run(namespace: str | None, name: str | None, kwargs: Mapping, logger) -> No
             logger=logger,
         )
     except ApiError as exc:
+        metrics.RECONCILE_ERRORS.inc()
         if exc.status in (429, 500, 503, 504):
             raise kopf.TemporaryError(str(exc), delay=2) from exc
+        raise
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
         raise
 
 
@@ -191,7 +195,7 @@ def _run(namespace: str | None, name: str | None, kwargs: Mapping, logger) -> No
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def sftjob_event(type: str | None, name: str, namespace: str, logger, **kwargs: Any) -> None:
     if type == "DELETED":
-        metrics.JOBS.forget((namespace, name))
+        metrics.forget_job((namespace, name))
         STATE.forget((namespace, name))
         return
     _run(namespace, name, kwargs, logger)

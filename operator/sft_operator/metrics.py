@@ -2,8 +2,10 @@
 
 - sftoperator_jobs{phase}: SFTJobs by phase (Pending, Running, Restarting, Suspended, Succeeded, Failed)
 - sftoperator_reconcile_duration_seconds: one reconcile pass (read, compute, write)
-- sftoperator_restarts_total{reason}: restarts and preemptions started, by condition reason
-  (PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost)
+- sftoperator_restarts_total{namespace, sftjob, reason}: restarts and preemptions started, by SFTJob
+  and condition reason (PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost); the per-job
+  labels feed the dashboard's per-job restart panels, and the series go when the job is deleted
+- sftoperator_reconcile_errors_total: reconcile passes that raised (kopf retries them)
 - sftoperator_time_to_running_seconds: SFTJob creation to all pods of the first attempt running
 - sftoperator_build_info{version}: always 1
 """
@@ -18,7 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .conditions import Phase
 
-__all__ = ["REGISTRY", "JOBS", "RECONCILE_SECONDS", "RESTARTS", "TIME_TO_RUNNING", "BUILD_INFO", "serve", "PhaseTracker"]
+__all__ = ["REGISTRY", "JOBS", "RECONCILE_SECONDS", "RECONCILE_ERRORS", "RESTARTS", "TIME_TO_RUNNING", "BUILD_INFO", "serve",
+           "PhaseTracker", "forget_job"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -67,10 +70,17 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+RECONCILE_ERRORS = Counter(
+    "sftoperator_reconcile_errors_total",
+    "Reconcile passes of an SFTJob that failed with an error (kopf retries them)",
+    registry=REGISTRY,
+)
+RESTART_REASONS = ("PodFailed", "OOMKilled", "Stalled", "Preempted", "Evicted", "NodeLost")
 RESTARTS = Counter(
     "sftoperator_restarts_total",
-    "Attempts torn down and restarted, by reason (PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost)",
-    ["reason"],
+    "Attempts torn down and restarted, by SFTJob (namespace, sftjob) and reason "
+    "(PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost)",
+    ["namespace", "sftjob", "reason"],
     registry=REGISTRY,
 )
 TIME_TO_RUNNING = Histogram(
@@ -92,6 +102,16 @@ def _version() -> str:
 
 
 BUILD_INFO.labels(version=_version()).set(1)
+
+
+def forget_job(key: tuple[str, str]) -> None:
+    """Drop a deleted SFTJob's series, so that per-job labels do not accumulate."""
+    JOBS.forget(key)
+    for reason in RESTART_REASONS:
+        try:
+            RESTARTS.remove(key[0], key[1], reason)
+        except KeyError:
+            pass
 
 
 def serve(port: int, addr: str = "0.0.0.0"):
