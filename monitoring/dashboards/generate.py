@@ -92,12 +92,13 @@ def build() -> dict:
          .with_panel(st("Checkpoint age", "Training time since the last committed checkpoint: steps since it, at the current step rate. Work a restart would lose.",
                         "s", q(f"({steps_since_ckpt}) / {step_rate}", "age"),
                         steps=((None, "green"), (3600, "orange"), (7200, "red"))))
+         # The operator's restart series of a job appear with its first restart; "No data" reads 0.
          .with_panel(st("Restarts", "Gang restarts of this job (pod failures, stalls), not counting preemptions.", "short",
                         q(f'sum(sftoperator_restarts_total{{{JOB}, reason!="Preempted"}})', "restarts"),
-                        steps=((None, "green"), (1, "orange"), (3, "red"))))
+                        steps=((None, "green"), (1, "orange"), (3, "red"))).no_value("0"))
          .with_panel(st("Preemptions", "Restarts caused by preemption, eviction or node loss; these do not count against maxRestarts.", "short",
                         q(f'sum(sftoperator_restarts_total{{{JOB}, reason="Preempted"}})', "preemptions"),
-                        steps=((None, "green"), (1, "orange"), (5, "red"))))
+                        steps=((None, "green"), (1, "orange"), (5, "red"))).no_value("0"))
          )
     d = (d
          .with_panel(ts("Loss: train and eval per task_type",
