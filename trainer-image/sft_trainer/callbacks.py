@@ -319,7 +319,11 @@ class PrometheusMetricsCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         if self.serve:
-            self.port = self.metrics.serve(self.port)
+            try:
+                self.port = self.metrics.serve(self.port)
+            except OSError as e:  # e.g. a second local run on the same port: train without /metrics
+                log.warning("cannot serve Prometheus metrics on port %s (%s); continuing without",
+                            self.port if self.port is not None else "SFT_METRICS_PORT", e)
         self.metrics.set("sftjob_total_steps", state.max_steps)
         self.metrics.set("sftjob_step", state.global_step)
         if state.global_step > 0:

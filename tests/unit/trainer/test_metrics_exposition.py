@@ -153,3 +153,17 @@ def test_serve_on_a_free_port_exposes_metrics_over_http():
         assert 'sftjob_train_loss{namespace="ns",sftjob="job"} 1.5' in body
     finally:
         m.shutdown()
+
+
+def test_busy_port_does_not_stop_training(caplog):
+    first = TrainerMetrics("ns", "a")
+    port = first.serve(0, addr="0.0.0.0")
+    try:
+        cb = PrometheusMetricsCallback("ns", "b", port)
+        state = TrainerState()
+        state.max_steps = 5
+        cb.on_train_begin(SimpleNamespace(world_size=1), state, TrainerControl())
+        assert cb.metrics.server is None and "cannot serve Prometheus metrics" in caplog.text
+        cb.on_log(SimpleNamespace(), state, TrainerControl(), logs={"loss": 1.0})
+    finally:
+        first.shutdown()
