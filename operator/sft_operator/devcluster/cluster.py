@@ -152,7 +152,7 @@ def _pids_referencing(state_dir: Path) -> list[int]:
     return found
 
 
-def _terminate(pid: int, start: int | None, timeout: float = 10.0, kill_first: bool = False) -> None:
+def _terminate(pid: int, start: int | None, timeout: float = 5.0, kill_first: bool = False) -> None:
     def same() -> bool:
         st = _proc_start_time(pid)
         return st is not None and (start is None or st == start)
