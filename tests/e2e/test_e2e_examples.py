@@ -15,7 +15,18 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 def test_example_reaches_running_pods(operator, sft, path):
     body = yaml.safe_load(path.read_text())
     name = body["metadata"]["name"]
-    nodes = body["spec"].get("workers", {}).get("nodes", 1)
+    workers = body["spec"].get("workers", {})
+    nodes = workers.get("nodes", 1)
+    if workers.get("priorityClassName"):  # a cluster prerequisite of that example
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        try:
+            client.SchedulingV1Api(sft.api_client).create_priority_class(
+                {"metadata": {"name": workers["priorityClassName"]}, "value": 1000})
+        except ApiException as e:
+            if e.status != 409:
+                raise
     sft.apply(body)
     try:
         queue = (body["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
