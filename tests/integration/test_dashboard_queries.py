@@ -111,9 +111,9 @@ def test_every_dashboard_query_returns_data_after_a_real_run(dev_cluster, kubect
         # The operator's side: the job runs, fails once (a restart), is preempted once.
         kubectl("apply", "-f", str(job_yaml))
         _wait_status(kubectl, ns, lambda s: s.get("phase") == "Running", "phase Running")
-        kwok_pods.fail(ns, _running_pod(kwok_pods, ns, 1), exit_code=1)
+        kwok_pods.fail(ns, _running_pod(kwok_pods, ns, 1), exit_code=1, wait=False)  # the operator deletes it
         _wait_status(kubectl, ns, lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", "attempt 2 Running")
-        kwok_pods.preempt(ns, _running_pod(kwok_pods, ns, 2))
+        kwok_pods.preempt(ns, _running_pod(kwok_pods, ns, 2), wait=False)
         st = _wait_status(kubectl, ns, lambda s: s.get("attempt") == 3 and s.get("phase") == "Running", "attempt 3 Running")
         assert st["restarts"] == 1 and st["preemptions"] == 1
 
