@@ -7,17 +7,22 @@ import dataclasses
 import io
 import json
 import os
+import random
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from sft_operator.devcluster import build
 from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports, _port_in_use, _proc_start_time
+from sft_operator.devcluster.tools import kubectl
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait_dead(pid: int, timeout: float = 10) -> None:
@@ -27,44 +32,74 @@ def _wait_dead(pid: int, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+def _consecutive_free_ports(n: int = 6) -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        if not any(_port_in_use(base + i) for i in range(n)):
+            return base
+    raise AssertionError("no run of free ports found")
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sft_operator.devcluster.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
 @pytest.mark.cluster
-def test_up_idempotent_status_crash_and_down(tmp_path, devcluster_bin):
-    c = DevCluster(tmp_path / "state")
-    ports = Ports.free()
+def test_user_flow_idempotent_up_crash_and_down(tmp_path, devcluster_bin):
+    state = tmp_path / "state"
+    base = _consecutive_free_ports()
+    ports = Ports(*(base + i for i in range(6)))
+    c = DevCluster(state)
     log = io.StringIO()
     try:
-        info = c.up(nodes=1, gpus_per_node=4, ports=ports, log=log)
-        assert c.running()
+        # What the README shows a new user: up, env, apply the quickstart, get sft.
+        up = _cli("up", "--nodes", "1", "--gpus-per-node", "4", "--port-base", str(base), "--state-dir", str(state))
+        assert up.returncode == 0, up.stderr
+        assert f"https://127.0.0.1:{base}" in up.stdout and "export KUBECONFIG=" in up.stdout
+        env = _cli("env", "--state-dir", str(state))
+        assert f"export KUBECONFIG={state.resolve() / 'kubeconfig'}" in env.stdout
+        shell = (f'eval "$({sys.executable} -m sft_operator.devcluster.cli env --state-dir {state})" && '
+                 f"kubectl apply --server-side -f {REPO / 'crds' / 'sftjob.yaml'} >/dev/null && "
+                 "kubectl wait --for=condition=Established crd/sftjobs.sft.dev >/dev/null && "
+                 f"kubectl apply -f {REPO / 'examples' / 'quickstart.yaml'} && kubectl get sft")
+        flow = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+        assert flow.returncode == 0, flow.stderr
+        assert "sftjob.sft.dev/quickstart created" in flow.stdout
+        assert flow.stdout.splitlines()[-2].split()[:3] == ["NAME", "PHASE", "STEP"]
+        assert flow.stdout.splitlines()[-1].split()[0] == "quickstart"
+        st = _cli("status", "--json", "--state-dir", str(state))
+        assert st.returncode == 0 and all(x["running"] for x in json.loads(st.stdout)["components"])
+
+        info = c.info()
         pids = dict(info.pids)
         assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
-
-        # A second `up` keeps the same processes and does not fail on its own ports.
-        again = c.up(nodes=1, gpus_per_node=4, ports=ports, log=log)
+        # A second `up` keeps the same processes and does not trip over its own ports.
+        again = c.up(nodes=1, gpus_per_node=4, log=log)
         assert again.pids == pids
 
-        # The kubeconfig works for a new user with the pinned kubectl.
-        from sft_operator.devcluster.tools import kubectl
-        out = subprocess.run([str(kubectl()), "--kubeconfig", str(info.kubeconfig), "get", "nodes", "-o",
-                              "jsonpath={.items[*].status.allocatable.nvidia\\.com/gpu}"],
-                             capture_output=True, text=True, check=True).stdout
-        assert out == "4"
-
-        # A crash: etcd dies. status says so; `up` notices the stale state and restarts the set.
+        # A crash: etcd dies. status says so; `up` notices the stale state and restarts the set,
+        # keeping etcd's data.
         os.kill(pids["etcd"], signal.SIGKILL)
         _wait_dead(pids["etcd"])
         st = {s.name: s.running for s in c.status()}
         assert st["etcd"] is False and st["kube-apiserver"] is True
-        restarted = c.up(nodes=1, gpus_per_node=4, ports=ports, log=log)
+        assert _cli("status", "--state-dir", str(state)).returncode == 1
+        restarted = c.up(nodes=1, gpus_per_node=4, log=log)
         assert "stale state" in log.getvalue()
         assert restarted.pids["etcd"] != pids["etcd"]
         assert c.running()
+        kc = subprocess.run([str(kubectl()), "--kubeconfig", str(info.kubeconfig), "get", "sft", "quickstart",
+                             "-o", "name"], capture_output=True, text=True)
+        assert kc.stdout.strip() == "sftjob.sft.dev/quickstart", kc.stderr
 
         # Another crash, and a pidfile lost (as when `up` is killed right after spawning kwok):
         # `down` alone must still stop everything and free every port.
         os.kill(restarted.pids["kube-scheduler"], signal.SIGKILL)
         _wait_dead(restarted.pids["kube-scheduler"])
         (c.pidsdir / "kwok.json").unlink()
-        c.down()
+        down = _cli("down", "--state-dir", str(state))
+        assert down.returncode == 0, down.stderr
         for pid in restarted.pids.values():
             assert _proc_start_time(pid) is None
         for p in dataclasses.astuple(ports):

@@ -47,7 +47,10 @@ def _fail(what: str, e: BaseException) -> None:
 def _info_from_kubeconfig(path: Path):
     import yaml
 
-    from sft_operator.devcluster.cluster import ClusterInfo, Ports
+    from sft_operator.devcluster.cluster import ClusterInfo, DevCluster, Ports
+
+    if (path.parent / "config.json").exists() and path.name == "kubeconfig":
+        return DevCluster(path.parent).info()  # a cluster from `sftctl dev-cluster up`
 
     cfg = yaml.safe_load(path.read_text())
     ctx_name = cfg.get("current-context")
