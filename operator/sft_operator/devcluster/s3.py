@@ -10,8 +10,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from sft_operator.devcluster.tools import weed
@@ -94,7 +92,7 @@ def start_s3(state_dir: Path | str, port: int | None = None, buckets: list[str] 
         f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=32",
         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={state_dir / 's3.json'}",
-        "-s3.port.iceberg=0", f"-s3.localSocket={state_dir / 's3.sock'}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.localSocket={state_dir / 's3.sock'}",
     ]
     log = open(state_dir / "weed.log", "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
