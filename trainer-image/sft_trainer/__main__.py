@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         topo = Topology.from_env(job.spec.workers.gpus_per_node)
     except exit_codes.TrainerError as e:
         return _fail(e.exit_code, f"{e.reason}: {e}")
-    if topo.nnodes == 1 and topo.nproc_per_node == 1:
-        return worker(args)  # a single process needs no launcher
+    # a single process needs no launcher, except DeepSpeed, which wants torchrun's rendezvous env
+    if topo.nnodes == 1 and topo.nproc_per_node == 1 and job.spec.training.deepspeed is None:
+        return worker(args)
     return launch(args)
 
 

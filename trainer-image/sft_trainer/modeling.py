@@ -82,7 +82,9 @@ def load_model(cfg: ResolvedConfig, location: str, tokenizer: Any) -> Any:
     elif cfg.method != "full":
         kwargs["dtype"] = dtype  # frozen base in half precision; adapters train in fp32
     else:
-        kwargs["dtype"] = torch.float32 if cfg.precision == "fp32" or not cfg.cuda else dtype
+        # full fine-tuning keeps fp32 master weights (mixed precision autocasts); DeepSpeed keeps
+        # its own fp32 master copy, so it can start from half-precision weights
+        kwargs["dtype"] = dtype if cfg.use_deepspeed else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as e:
