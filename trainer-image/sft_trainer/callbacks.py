@@ -313,6 +313,7 @@ class PrometheusMetricsCallback(TrainerCallback):
         self.tokens = TokenRate()
         self.flops_per_token = 0.0
         self.peak_flops: float | None = None
+        self.last_mfu = 0.0
         self.n_devices = 1
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -363,10 +364,8 @@ class PrometheusMetricsCallback(TrainerCallback):
                 self.metrics.set("sftjob_tokens_total", self.tokens.total)
             if rate is not None:
                 self.metrics.set("sftjob_tokens_per_second", rate)
-                self.metrics.set(
-                    "sftjob_mfu_ratio",
-                    mfu(rate, self.flops_per_token, self.peak_flops, self.n_devices),
-                )
+                self.last_mfu = mfu(rate, self.flops_per_token, self.peak_flops, self.n_devices)
+                self.metrics.set("sftjob_mfu_ratio", self.last_mfu)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.is_world_process_zero and metrics:
@@ -411,8 +410,10 @@ class ProgressCallback(TrainerCallback):
         min_interval_s: float = 10.0,
         window: int = 20,
         console: bool = True,
+        mfu_source: Any = None,
     ):
         self.reporter = reporter if reporter is not None else LogReporter()
+        self.mfu_source = mfu_source  # e.g. the PrometheusMetricsCallback: its last_mfu
         self.min_interval_s = min_interval_s
         self.console = console
         self.step_durations: collections.deque[float] = collections.deque(maxlen=window)
@@ -472,6 +473,8 @@ class ProgressCallback(TrainerCallback):
             self.latest["learningRate"] = float(logs["learning_rate"])
         if logs.get("grad_norm") is not None:
             self.latest["gradNorm"] = float(logs["grad_norm"])
+        if self.mfu_source is not None and getattr(self.mfu_source, "last_mfu", 0) > 0:
+            self.latest["mfu"] = round(float(self.mfu_source.last_mfu), 4)
         if "eval_loss" in logs:
             self.latest["evalLoss"] = float(logs["eval_loss"])
         if self.console and ("loss" in logs or "eval_loss" in logs):
@@ -519,5 +522,6 @@ def build_callbacks(
     cbs.append(prom)
     if store is not None:
         cbs.append(CheckpointCommitCallback(store, keep, metrics=prom.metrics, reporter=reporter))
-    cbs.append(ProgressCallback(reporter, min_interval_s=progress_interval_s))
+    # after the metrics callback in the list: its MFU for this log is computed first
+    cbs.append(ProgressCallback(reporter, min_interval_s=progress_interval_s, mfu_source=prom))
     return cbs

@@ -81,6 +81,19 @@ def test_reports_are_rate_limited_but_always_sent_at_checkpoint_and_end(monkeypa
     assert last["metrics"]["trainLoss"] == 2.0 and last["metrics"]["learningRate"] == 1e-3
 
 
+def test_mfu_reaches_status_metrics_when_known():
+    rec = Recorder()
+    src = SimpleNamespace(last_mfu=0.0)
+    cb = ProgressCallback(rec, console=False, mfu_source=src)
+    state, args, control = TrainerState(), SimpleNamespace(world_size=1), TrainerControl()
+    state.max_steps = 10
+    cb.on_log(args, state, control, logs={"loss": 1.0})
+    assert "mfu" not in cb.latest  # unknown on the CPU: left out, not reported as 0
+    src.last_mfu = 0.41234
+    cb.on_log(args, state, control, logs={"loss": 0.9})
+    assert cb.snapshot(state)["metrics"]["mfu"] == 0.4123
+
+
 def test_non_zero_rank_never_reports():
     rec = Recorder()
     cb = ProgressCallback(rec)
