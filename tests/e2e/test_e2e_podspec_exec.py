@@ -96,18 +96,23 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
     procs = []
     for rank, pod in enumerate(pods):
         env = _resolve_env(container, pod.metadata.name, rank, secret)
+        assert env["MASTER_ADDR"] == f"{job.metadata.name}-0.{tmpl.subdomain}"
         hosts = tmp_path / f"hosts-{rank}"
         hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {env['MASTER_ADDR']}\n")
-        assert env["MASTER_ADDR"] == f"{job.metadata.name}-0.{tmpl.subdomain}"
-        argv = [sys.executable if a == "python" else str(config_dir / Path(a).name) if a.startswith(mount + "/") else a
-                for a in container.command]
-        env = {k: (str(config_dir / Path(v).name) if isinstance(v, str) and v.startswith(mount + "/") else v) for k, v in env.items()}
-        full_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1",
+        scratch = tmp_path / f"scratch-{rank}"  # the pod's own /tmp (an emptyDir)
+        scratch.mkdir()
+        # The ConfigMap volume is at /run/sft inside the namespace (mounting at /etc/sft would need a
+        # directory on the host); the command's and env's config path point there.
+        remap = lambda v: f"/run/sft/{Path(v).name}" if isinstance(v, str) and v.startswith(mount + "/") else v  # noqa: E731
+        argv = [sys.executable if a == "python" else remap(a) for a in container.command]
+        env = {k: remap(v) for k, v in env.items()}
+        full_env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api_port, **env}
-        # A private mount namespace: the SA token at its in-cluster path and an /etc/hosts that maps
-        # only the rank-0 name. Nothing on the host changes.
-        script = (f"mount -t tmpfs none /run && mkdir -p {SA_PATH} && cp {sa_dir}/* {SA_PATH}/ && "
-                  f"mount --bind {hosts} /etc/hosts && exec {shlex.join(argv)}")
+        # A private mount namespace per process: the SA token at its in-cluster path, an /etc/hosts
+        # that maps only the rank-0 name, a private /tmp. Nothing on the host changes.
+        script = (f"mount -t tmpfs none /run && mkdir -p {SA_PATH} /run/sft && cp {sa_dir}/* {SA_PATH}/ && "
+                  f"cp {config_dir}/* /run/sft/ && mount --bind {hosts} /etc/hosts && mount --bind {scratch} /tmp && "
+                  f"exec {shlex.join(argv)}")
         log = open(tmp_path / f"rank{rank}.log", "w")
         procs.append((subprocess.Popen(["unshare", "-m", "sh", "-c", script], cwd=REPO / "examples", env=full_env,
                                        stdout=log, stderr=subprocess.STDOUT), log))
