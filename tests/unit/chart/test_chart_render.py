@@ -4,6 +4,7 @@ the monitoring objects, the CRD choices, and that the rendered objects match the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -148,7 +149,7 @@ def test_trainer_defaults_become_operator_settings(render, monkeypatch):
                   "--set", "trainer.metricsPort=9500", "--set", "trainer.shmSize=32Gi",
                   "--set", "operator.resyncSeconds=5")
     env = {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
-    for name in [n for n in list(__import__("os").environ) if n.startswith("SFT_")]:
+    for name in [n for n in os.environ if n.startswith("SFT_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -168,6 +169,8 @@ def test_trainer_defaults_left_empty_keep_operator_defaults(render, monkeypatch)
 
     env = {e["name"]: e["value"] for e in container(render())["env"] if "value" in e}
     assert "SFT_STORAGE_ENDPOINT" not in env and "SFT_DEFAULT_RESOURCES" not in env
+    for name in [n for n in os.environ if n.startswith("SFT_")]:
+        monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = OperatorSettings.from_env()
