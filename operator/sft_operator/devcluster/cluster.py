@@ -482,6 +482,13 @@ class DevCluster:
             f"--bind-address={HOST}", f"--secure-port={p.apiserver}",
             f"--tls-cert-file={self.pki / 'apiserver.crt'}", f"--tls-private-key-file={self.pki / 'apiserver.key'}",
             f"--client-ca-file={self.pki / 'ca.crt'}",
+            # Front-proxy settings, so the controller-manager and scheduler find a CA bundle for
+            # request-header auth instead of logging its absence every few seconds.
+            f"--requestheader-client-ca-file={self.pki / 'ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--token-auth-file={self.pki / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
