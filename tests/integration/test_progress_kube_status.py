@@ -73,3 +73,27 @@ def test_reporter_patches_only_trainer_fields_of_its_job(kube_api, dev_cluster, 
         other.close(timeout=0.1)
     assert "status" not in admin.get_namespaced_custom_object(G, V, namespace, P, "other") or \
         "progress" not in admin.get_namespaced_custom_object(G, V, namespace, P, "other")["status"]
+
+
+def test_make_reporter_in_a_pod_uses_the_service_account(kube_api, dev_cluster, namespace,
+                                                         sftjob_crd, tmp_path):
+    """The pod path: make_reporter() finds the projected token and CA and the service env."""
+    from sft_trainer.progress import make_reporter
+
+    create_sftjob(kube_api, "podjob", namespace)
+    sa_dir = tmp_path / "serviceaccount"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(trainer_token(kube_api, namespace, "podjob"))
+    (sa_dir / "ca.crt").write_bytes(dev_cluster.ca_file.read_bytes())
+    host, port = dev_cluster.server.removeprefix("https://").rsplit(":", 1)
+    env = {"SFT_JOB_NAME": "podjob", "SFT_JOB_NAMESPACE": namespace,
+           "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+    rep = make_reporter(env, sa_dir=str(sa_dir))
+    assert isinstance(rep, KubeStatusReporter)
+    try:
+        rep.report({"progress": {"step": 7, "totalSteps": 70}, "worldSize": 1})
+        assert rep.flush(timeout=30), rep.last_error
+    finally:
+        rep.close(timeout=1)
+    got = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(G, V, namespace, P, "podjob")
+    assert got["status"]["progress"]["step"] == 7 and got["status"]["worldSize"] == 1

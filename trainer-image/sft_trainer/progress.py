@@ -142,6 +142,23 @@ class KubeStatusReporter:
         atexit.register(self.close, 5.0)
 
     @classmethod
+    def in_cluster(
+        cls, name: str, namespace: str, *, sa_dir: str = SA_DIR,
+        env: Mapping[str, str] | None = None, **kw: Any,
+    ) -> "KubeStatusReporter":
+        """The pod's identity: its ServiceAccount token (re-read as it rotates) and CA, and the
+        API server from KUBERNETES_SERVICE_HOST/PORT."""
+        from kubernetes import client
+        from kubernetes.config.incluster_config import InClusterConfigLoader
+
+        cfg = client.Configuration()
+        InClusterConfigLoader(
+            token_filename=f"{sa_dir}/token", cert_filename=f"{sa_dir}/ca.crt",
+            try_refresh_token=True, environ=os.environ if env is None else env,
+        ).load_and_set(cfg)
+        return cls(name, namespace, client.ApiClient(cfg), **kw)
+
+    @classmethod
     def from_token(
         cls, name: str, namespace: str, *, host: str, token: str, ca_file: str | None = None,
         verify_ssl: bool = True, **kw: Any,
@@ -234,14 +251,14 @@ class KubeStatusReporter:
         atexit.unregister(self.close)
 
 
-def make_reporter(env: Mapping[str, str] | None = None) -> ProgressReporter:
+def make_reporter(env: Mapping[str, str] | None = None, sa_dir: str = SA_DIR) -> ProgressReporter:
     """KubeStatusReporter inside a pod of an SFTJob, LogReporter everywhere else."""
     env = os.environ if env is None else env
     name, ns = env.get("SFT_JOB_NAME"), env.get("SFT_JOB_NAMESPACE")
-    in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(f"{SA_DIR}/token")
+    in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(f"{sa_dir}/token")
     if name and ns and in_cluster:
         try:
-            return KubeStatusReporter(name, ns)
+            return KubeStatusReporter.in_cluster(name, ns, sa_dir=sa_dir, env=env)
         except Exception as e:  # noqa: BLE001 - fall back to the log rather than fail the run
             log.warning("cannot report progress to the API server (%s); logging it instead", e)
     return LogReporter()
