@@ -26,7 +26,8 @@ def test_two_gloo_processes_via_the_entrypoint_commit_to_s3(s3, s3_bucket, tmp_p
     uri = f"s3://{s3_bucket}/ddp/"
     doc = job_doc(tmp_path, training={"maxSteps": 6}, eval={"everySteps": 3},
                   checkpoints={"uri": uri, "everySteps": 3, "keep": 2},
-                  storage={"endpoint": s3.endpoint, "region": s3.region})
+                  # in a pod the operator injects the secret as AWS_* env; here the test sets them
+                  storage={"secretRef": "s3-creds", "endpoint": s3.endpoint, "region": s3.region})
     env = trainer_env(NNODES="1", NODE_RANK="0", NPROC_PER_NODE="2", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()), AWS_ACCESS_KEY_ID=s3.access_key,
                       AWS_SECRET_ACCESS_KEY=s3.secret_key)

@@ -140,20 +140,25 @@ def test_rbac_and_service_account_can_be_left_out(render):
 # -- trainer defaults reach the operator ---------------------------------------------------------------
 
 
-def test_trainer_defaults_become_operator_settings(render, monkeypatch):
+def operator_settings(docs, monkeypatch):
+    """The OperatorSettings the operator would read from the rendered container's env (and nothing else)."""
     from sft_operator.settings import OperatorSettings
 
+    for name in [n for n in os.environ if n.startswith("SFT_")]:
+        monkeypatch.delenv(name)
+    env = {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return OperatorSettings.from_env(), env
+
+
+def test_trainer_defaults_become_operator_settings(render, monkeypatch):
     docs = render("--set", "trainer.image.repository=registry.example/trainer", "--set", "trainer.image.tag=1.2.3",
                   "--set", "trainer.storageEndpoint=http://minio.storage:9000",
                   "--set-json", 'trainer.resources={"requests":{"cpu":"8","memory":"64Gi"},"limits":{"memory":"80Gi"}}',
                   "--set", "trainer.metricsPort=9500", "--set", "trainer.shmSize=32Gi",
                   "--set", "operator.resyncSeconds=5")
-    env = {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
-    for name in [n for n in os.environ if n.startswith("SFT_")]:
-        monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = OperatorSettings.from_env()
+    settings, _ = operator_settings(docs, monkeypatch)
     assert settings.trainer_image == "registry.example/trainer:1.2.3"
     assert settings.storage_endpoint == "http://minio.storage:9000"
     assert settings.default_resources == {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "80Gi"}}
@@ -165,15 +170,8 @@ def test_trainer_defaults_become_operator_settings(render, monkeypatch):
 
 
 def test_trainer_defaults_left_empty_keep_operator_defaults(render, monkeypatch):
-    from sft_operator.settings import OperatorSettings
-
-    env = {e["name"]: e["value"] for e in container(render())["env"] if "value" in e}
+    settings, env = operator_settings(render(), monkeypatch)
     assert "SFT_STORAGE_ENDPOINT" not in env and "SFT_DEFAULT_RESOURCES" not in env
-    for name in [n for n in os.environ if n.startswith("SFT_")]:
-        monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = OperatorSettings.from_env()
     assert settings.trainer_image == "ghcr.io/sft-operator/trainer:0.1.0"
     assert settings.storage_endpoint is None and settings.default_resources == {}
 

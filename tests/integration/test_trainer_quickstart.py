@@ -1,0 +1,53 @@
+"""The README's first command, for real: ``examples/quickstart.yaml`` on this CPU within 5 minutes,
+with no downloads, and it learns (held-out exact match and golden set, before → after)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from trainer_job_factory import ROOT, trainer_env
+
+pytestmark = pytest.mark.slow
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+
+
+def test_bundled_data_is_what_the_generator_makes():
+    res = subprocess.run([sys.executable, str(ROOT / "examples" / "data" / "generate.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_quickstart_learns_on_the_cpu_within_five_minutes(tmp_path):
+    env = trainer_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # no downloads
+    env.pop("OMP_NUM_THREADS")  # as a user runs it
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys; from sft_trainer import run_local; sys.exit(run_local(sys.argv[1]))",
+         str(QUICKSTART)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    wall = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    result = json.loads((tmp_path / "runs" / "quickstart" / "work" / "result.json").read_text())
+    print(json.dumps({k: result[k] for k in ("exact_match_before", "exact_match_after", "golden_before",
+                                             "golden_after", "tokens_per_second", "train_seconds")}, indent=1))
+    assert wall <= 300, f"the quickstart took {wall:.0f}s"
+    before, after = result["exact_match_before"], result["exact_match_after"]
+    assert before["overall"] == 0.0
+    assert after["overall"] >= 0.25, after
+    assert after["kv_json"] >= 0.8, after
+    assert result["golden_after"]["pass_rate"] > result["golden_before"]["pass_rate"]
+    assert result["global_step"] == result["max_steps"]
+    # the console shows the preflight, the progress lines and the before/after table
+    for text in ("preflight", "tokens with loss", "step 50/", "golden set pass rate"):
+        assert text in out
+    ckpt = tmp_path / "runs" / "quickstart" / "checkpoints"
+    assert (ckpt / f"checkpoint-{result['global_step']}" / "_COMMITTED").is_file()
+    assert (ckpt / "loss.png").stat().st_size > 10_000
+    assert (tmp_path / "runs" / "quickstart" / "model" / "model.safetensors").is_file()
