@@ -47,7 +47,7 @@ def run_quickstart(max_steps: int | None, workdir: Path, prom) -> tuple[float, f
     job["spec"]["output"]["uri"] = str(workdir / "model")
     if max_steps:
         job["spec"]["training"]["maxSteps"] = max_steps
-        every = max(10, max_steps // 4)
+        every = max(10, max_steps // 8)
         job["spec"]["eval"]["everySteps"] = every
         job["spec"]["checkpoints"]["everySteps"] = every
         job["spec"]["training"]["loggingSteps"] = max(1, max_steps // 100)
