@@ -53,12 +53,15 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
     core = client.CoreV1Api(sft.api_client)
     core.create_namespaced_secret(sft.ns, {"metadata": {"name": "s3-credentials"},
                                            "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}})
+    # A small slice of the quickstart data, read by the trainer from the real S3 (keeps this test short).
+    rows = (REPO / "examples" / "data" / "quickstart" / "train.jsonl").read_text().splitlines()[:300]
+    s3.client().put_object(Bucket=s3_bucket, Key="data/train.jsonl", Body="\n".join(rows).encode() + b"\n")
     sft.apply({
         "apiVersion": "sft.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": name},
         "spec": {
             "model": {"uri": "builtin://tiny-llama"},
-            "datasets": [{"uri": "data/quickstart/train.jsonl", "format": "messages"}],
-            "split": {"validation": 0.05, "test": 0.05, "seed": 42},
+            "datasets": [{"uri": f"s3://{s3_bucket}/data/train.jsonl", "format": "messages"}],
+            "split": {"validation": 0.05, "test": 0.02, "seed": 42},
             "method": {"type": "full"},
             "training": {"maxSteps": 6, "learningRate": 2e-3, "perDeviceBatchSize": 1, "maxSeqLength": 256,
                          "packing": True, "precision": "fp32", "gradientCheckpointing": False, "loggingSteps": 1},
