@@ -118,8 +118,10 @@ def test_indexed_job_pods_stay_running_until_told_then_succeed(kube_api, namespa
     assert sorted(p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1"]
     time.sleep(2)  # nothing completes on its own
     assert batch.read_namespaced_job("gang", namespace).status.succeeded in (None, 0)
-    for p in pods:
-        done = kwok_pods.succeed(namespace, p.metadata.name)
+    names = kwok_pods.set_outcome_for(namespace, "job-name=gang", "succeed", count=2)
+    assert sorted(names) == sorted(p.metadata.name for p in pods)
+    for n in names:
+        done = kwok_pods.wait_for_phase(namespace, n, "Succeeded")
         term = done.status.container_statuses[0].state.terminated
         assert term.exit_code == 0 and term.reason == "Completed"
     _wait(lambda: _job_condition(batch, namespace, "gang", "Complete"), 60, "Job gang to complete")

@@ -190,3 +190,14 @@ def test_build_module_reuses_the_cache_in_seconds(devcluster_bin):
     assert took < 10
     stamp = json.loads((build.bin_dir() / "stamp.json").read_text())
     assert stamp["k8s"] == build.K8S_VERSION and stamp["etcd"] == build.ETCD_VERSION
+
+
+def test_unreachable_checksum_database_falls_back_to_gosumdb_off(tmp_path):
+    script = 'if [ "$GOSUMDB" = off ]; then echo resolved; else echo "verifying module: Get https://sum.golang.org/lookup: dial tcp: i/o timeout" >&2; exit 1; fi'
+    log = io.StringIO()
+    out = build._run_go(["sh", "-c", script], tmp_path, dict(os.environ, GOSUMDB="sum.golang.org"), "go get", log)
+    assert out.strip() == "resolved"
+    assert "checksum database is unreachable" in log.getvalue()
+    # Any other failure is reported, not retried.
+    with pytest.raises(build.BuildError, match=r"go get failed \(exit 3\)"):
+        build._run_go(["sh", "-c", "echo boom >&2; exit 3"], tmp_path, dict(os.environ), "go get", io.StringIO())

@@ -123,6 +123,19 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str, log) -> str:
     return p.stdout
 
 
+def _run_go(cmd: list[str], cwd: Path, env: dict[str, str], what: str, log) -> str:
+    """_run, retried once without the checksum database when sum.golang.org cannot be reached
+    (module content is still pinned by the go.sum of each module we build)."""
+    try:
+        return _run(cmd, cwd, env, what, log)
+    except BuildError as e:
+        if "sum.golang.org" not in str(e) or env.get("GOSUMDB") == "off":
+            raise
+        print(f"warning: the Go checksum database is unreachable; retrying {what} with GOSUMDB=off",
+              file=log, flush=True)
+        return _run(cmd, cwd, dict(env, GOSUMDB="off", GONOSUMDB="*"), what, log)
+
+
 def _ldflags_k8s() -> str:
     major, minor = K8S_VERSION.lstrip("v").split(".")[:2]
     pkg = "k8s.io/component-base/version"
@@ -149,7 +162,7 @@ def _prepare_wrapper(go: Path, wrapper: Path, env: dict[str, str], log) -> None:
         (wrapper / f).unlink(missing_ok=True)
     _run([str(go), "mod", "init", "sft-devcluster-wrapper"], wrapper, env, "go mod init", log)
     info = json.loads(
-        _run([str(go), "mod", "download", "-json", f"k8s.io/kubernetes@{K8S_VERSION}"], wrapper, env,
+        _run_go([str(go), "mod", "download", "-json", f"k8s.io/kubernetes@{K8S_VERSION}"], wrapper, env,
              f"downloading k8s.io/kubernetes@{K8S_VERSION}", log)
     )
     gomod = Path(info["GoMod"]).read_text()
@@ -167,8 +180,8 @@ def _prepare_wrapper(go: Path, wrapper: Path, env: dict[str, str], log) -> None:
         + "".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"\n' for c in _K8S_COMMANDS)
         + '\t_ "go.etcd.io/etcd/server/v3/etcdmain"\n)\n'
     )
-    _run([str(go), "get", f"k8s.io/kubernetes@{K8S_VERSION}", f"go.etcd.io/etcd/server/v3@{ETCD_VERSION}"],
-         wrapper, env, "go get (resolving the wrapper module)", log)
+    _run_go([str(go), "get", f"k8s.io/kubernetes@{K8S_VERSION}", f"go.etcd.io/etcd/server/v3@{ETCD_VERSION}"],
+            wrapper, env, "go get (resolving the wrapper module)", log)
     # Make sure MVS did not move etcd away from the release's pin.
     got = _run([str(go), "list", "-m", "-f", "{{.Version}}", "go.etcd.io/etcd/server/v3"], wrapper, env,
                "go list", log).strip()
@@ -205,20 +218,20 @@ def build(log=sys.stderr) -> dict[str, float]:
     times["resolve"] = time.monotonic() - t
 
     t = time.monotonic()
-    _run([str(go), "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / "etcd"), "go.etcd.io/etcd/server/v3"],
-         wrapper, env, f"building etcd {ETCD_VERSION}", log)
+    _run_go([str(go), "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / "etcd"), "go.etcd.io/etcd/server/v3"],
+            wrapper, env, f"building etcd {ETCD_VERSION}", log)
     times["etcd"] = time.monotonic() - t
     for cmd in _K8S_COMMANDS:
         t = time.monotonic()
-        _run([str(go), "build", "-trimpath", f"-ldflags={_ldflags_k8s()}", "-o", str(tmp / cmd),
-              f"k8s.io/kubernetes/cmd/{cmd}"], wrapper, env, f"building {cmd} {K8S_VERSION}", log)
+        _run_go([str(go), "build", "-trimpath", f"-ldflags={_ldflags_k8s()}", "-o", str(tmp / cmd),
+                 f"k8s.io/kubernetes/cmd/{cmd}"], wrapper, env, f"building {cmd} {K8S_VERSION}", log)
         times[cmd] = time.monotonic() - t
 
     t = time.monotonic()
     kenv = dict(env, GOBIN=str(tmp), GOFLAGS="-buildvcs=false")  # -mod is refused with pkg@version
     # kwok's version is a constant in its source (pkg/consts.Version), so no ldflags are needed.
-    _run([str(go), "install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
-         vdir, kenv, f"building kwok {KWOK_VERSION}", log)
+    _run_go([str(go), "install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+            vdir, kenv, f"building kwok {KWOK_VERSION}", log)
     times["kwok"] = time.monotonic() - t
 
     (tmp / "stamp.json").write_text(json.dumps({**_stamp(), "seconds": times}, indent=1))

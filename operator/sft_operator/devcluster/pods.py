@@ -35,6 +35,16 @@ class PodDriver:
             ann[ks.DELAY_ANNOTATION] = delay
         self._annotate(namespace, name, ann)
 
+    def set_outcome_for(self, namespace: str, label_selector: str, outcome: str, count: int | None = None,
+                        timeout: float = 60, **kw) -> list[str]:
+        """Wait for `count` Running pods matching the selector (all current ones when None), give
+        each the outcome; returns their names. Handy for the pods of an operator-made Job."""
+        pods = self.wait_for_pods(namespace, label_selector, count=count or 1, timeout=timeout)
+        names = [p.metadata.name for p in pods]
+        for n in names:
+            self.set_outcome(namespace, n, outcome, **kw)
+        return names
+
     def succeed(self, namespace: str, name: str, wait: bool = True, timeout: float = 30) -> client.V1Pod:
         self.set_outcome(namespace, name, "succeed")
         return self.wait_for_phase(namespace, name, "Succeeded", timeout) if wait else None
