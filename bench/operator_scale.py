@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -195,7 +196,18 @@ def main() -> int:
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         sampler = Sampler(op.pid)
         sampler.start()
-        time.sleep(3)
+        health = f"http://127.0.0.1:{env['SFT_OPERATOR_HEALTH_PORT']}/healthz"
+        deadline = time.monotonic() + 60
+        while True:  # measure the operator at work, not its start-up
+            try:
+                with urllib.request.urlopen(health, timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or op.poll() is not None:
+                    print("the operator did not become healthy", file=sys.stderr)
+                    return 2
+                time.sleep(0.2)
+        time.sleep(1)
         jobs_rec, pods_rec = Recorder(api, ns, "jobs"), Recorder(api, ns, "pods")
         pods_rec.expected_pods = args.job_nodes
         jobs_rec.start()

@@ -79,6 +79,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     STATE.settings = load_settings()
+    validate_body({"spec": {}})  # warm the schema validators now, not on the first SFTJob
     if STATE.metrics_server is None and STATE.settings.metrics_port > 0:
         STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
     log.info("sft-operator configured", extra={"settings": STATE.settings.describe()})

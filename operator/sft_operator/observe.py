@@ -53,7 +53,17 @@ class PodObs:
 
     @property
     def failed(self) -> bool:
-        return self.phase == "Failed"
+        # With restartPolicy Never a non-zero exit is final even before the pod phase says so.
+        return self.phase == "Failed" or (self.exit_code is not None and self.exit_code != 0)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "Succeeded" or (self.exit_code == 0 and self.term_reason is not None)
+
+    @property
+    def terminal(self) -> bool:
+        """Nothing of this pod runs any more (it may still exist, e.g. behind a finalizer)."""
+        return self.failed or self.succeeded
 
     @property
     def label(self) -> str:

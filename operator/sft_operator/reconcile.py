@@ -228,9 +228,10 @@ def _run(p: _Pass) -> None:
         for a in sorted({j.attempt for j in stale_jobs if not j.deleting and j.attempt is not None}):
             p.delete_attempt(a)
         p.delete_pods([pd for pd in stale_pods if not pd.deleting or (pd.node and pd.node in p.obs.missing_nodes)])
-        # A pod whose node is gone cannot run any more; pod GC removes it later.
-        blocking = [pd for pd in stale_pods if not (pd.node and pd.node in p.obs.missing_nodes)]
-        if blocking or stale_jobs:
+        # The next attempt waits only for old pods that may still run: a terminal pod (it may linger
+        # behind the Job tracking finalizer) or one whose node is gone (pod GC removes it) does not.
+        blocking = [pd for pd in stale_pods if not pd.terminal and not (pd.node and pd.node in p.obs.missing_nodes)]
+        if blocking or [j for j in stale_jobs if not j.deleting]:
             msg = f"waiting for {len(blocking)} pod(s) and {len(stale_jobs)} Job(s) of earlier attempts to go"
             p.cond(CondType.RUNNING, False, Reason.TEARING_DOWN, msg)
             return
@@ -273,7 +274,8 @@ def _run(p: _Pass) -> None:
         p.set_phase(Phase.PENDING, Reason.QUEUED, msg)
         return
 
-    running = [pd for pd in pods if pd.running and not pd.deleting]
+    # A rank that already finished with exit 0 still counts: the Job is about to complete.
+    running = [pd for pd in pods if (pd.running or pd.succeeded) and not pd.deleting]
     if len(running) >= p.nodes:
         _running(p, attempt, len(running))
         return

@@ -355,3 +355,31 @@ def test_invalid_spec_fails_with_field():
 
 def test_deleting_job_does_nothing():
     assert run(sftjob(deleting=True, status=running_status()), both_running()).noop
+
+
+def test_nonzero_exit_counts_before_the_pod_phase_turns_failed():
+    body = sftjob(status=running_status())
+    early = pod(index=1, phase="Running")
+    early["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 3, "reason": "Error"}}
+    r = run(body, obs([kjob(active=2)], [pod(index=0), early]))
+    assert r.status["phase"] == "Restarting" and r.status["restarts"] == 1
+
+
+def test_a_rank_that_finished_first_keeps_the_job_running():
+    body = sftjob(status=running_status())
+    r = run(body, obs([kjob(active=1, succeeded=1)], [pod(index=0, phase="Succeeded", exit_code=0), pod(index=1)]))
+    assert r.status["phase"] == "Running" and r.status_patch == {} and r.events == []
+
+
+@pytest.mark.parametrize(
+    "old_pod, waits",
+    [
+        (pod(attempt=1, phase="Running", deleting=True), True),  # may still run: wait
+        (pod(attempt=1, phase="Failed", exit_code=143, deleting=True), False),  # terminal, behind a finalizer
+        (pod(attempt=1, phase="Running", node="gone", deleting=True), False),  # its node is gone
+    ],
+)
+def test_next_attempt_waits_only_for_old_pods_that_may_run(old_pod, waits):
+    body = sftjob(status=running_status(attempt=2, restarts=1, phase="Restarting"))
+    r = run(body, obs([], [old_pod], nodes=["gpu-0", "gpu-1"]))
+    assert (r.apply == []) is waits
