@@ -153,5 +153,6 @@ def test_every_dashboard_query_returns_data_after_a_real_run(dev_cluster, kubect
         if trainer is not None and trainer.poll() is None:
             trainer.kill()
             trainer.wait(10)
-        kubectl("delete", "sftjob", JOB, "-n", ns, "--wait=false", check=False)
+        # While the operator still runs, so that it releases its finalizer and the namespace can go.
+        kubectl("delete", "sftjob", JOB, "-n", ns, "--timeout=60s", check=False)
         op.stop()
