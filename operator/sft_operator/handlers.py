@@ -37,14 +37,29 @@ CHILD_LABELS = {LABEL_JOB: kopf.PRESENT, LABEL_ATTEMPT: kopf.PRESENT}
 
 
 class _State:
-    """Process-wide state: settings, API client and one lock per SFTJob (passes never interleave)."""
+    """Process-wide state: settings, API client, one lock per SFTJob (passes never interleave) and
+    a "pass queued" mark per SFTJob: triggers that arrive while a pass already waits are dropped,
+    because that pass reads the world after they happened (bursts of pod events coalesce)."""
 
     def __init__(self) -> None:
         self.settings: OperatorSettings = load_settings()
         self._api: KubeApi | None = None
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._queued: set[tuple[str, str]] = set()
         self._guard = threading.Lock()
         self.metrics_server = None
+
+    def enqueue(self, key: tuple[str, str]) -> bool:
+        """False when a pass for `key` is already waiting to run."""
+        with self._guard:
+            if key in self._queued:
+                return False
+            self._queued.add(key)
+            return True
+
+    def dequeue(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._queued.discard(key)
 
     @property
     def api(self) -> KubeApi:
@@ -123,7 +138,10 @@ def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes_idx) -> Observa
 def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes_idx=None, logger=log) -> Result | None:
     key = (namespace, name)
     api = STATE.api
+    if not STATE.enqueue(key):
+        return None
     with STATE.lock(key):
+        STATE.dequeue(key)  # from here on, a new trigger queues one more pass
         for _ in range(5):
             started = time.monotonic()
             body = api.get("SFTJob", namespace, name)

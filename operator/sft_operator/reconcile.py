@@ -280,6 +280,10 @@ def _run(p: _Pass) -> None:
         _running(p, attempt, len(running))
         return
 
+    if p.phase == Phase.RUNNING:
+        # A gang that ran keeps its phase until a failure, a stall or success is seen: a pod that
+        # just stopped running is about to be classified (its failure may not be visible yet).
+        return
     unsched = next((pd for pd in pods if pd.unschedulable), None)
     if unsched is not None:
         reason, msg = Reason.UNSCHEDULABLE, f"{unsched.label} cannot be scheduled: {unsched.unschedulable}"

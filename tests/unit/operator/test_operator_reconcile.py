@@ -383,3 +383,9 @@ def test_next_attempt_waits_only_for_old_pods_that_may_run(old_pod, waits):
     body = sftjob(status=running_status(attempt=2, restarts=1, phase="Restarting"))
     r = run(body, obs([], [old_pod], nodes=["gpu-0", "gpu-1"]))
     assert (r.apply == []) is waits
+
+
+def test_running_gang_does_not_flap_to_pending():
+    body = sftjob(status=running_status())
+    r = run(body, obs([kjob(active=2)], [pod(index=0), pod(index=1, phase="Running", deleting=True)]))
+    assert r.status["phase"] == "Running" and r.status_patch == {} and r.events == []
