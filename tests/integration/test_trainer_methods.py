@@ -49,3 +49,16 @@ def test_early_stopping_ends_the_run_when_eval_loss_stops_improving(tmp_path):
     result = json.loads((tmp_path / "w" / "result.json").read_text())
     assert result["max_steps"] == 20 and result["global_step"] == 4
     assert set(result["eval_loss_by_task"]) == {"upper", "reverse"}
+
+
+def test_time_budget_annotation_stops_with_a_final_checkpoint(tmp_path):
+    write_data(tmp_path / "train.jsonl", n=60)
+    doc = job_doc(tmp_path, training={"maxSteps": 50}, eval={"everySteps": 100},
+                  checkpoints={"uri": str(tmp_path / "ckpt"), "everySteps": 100, "keep": 2})
+    doc["metadata"]["annotations"] = {"sft.dev/max-train-seconds": "0.001"}
+    res = run_entrypoint(write_job(tmp_path, doc), tmp_path / "w")
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / "w" / "result.json").read_text())
+    assert result["global_step"] == 1 and result["max_steps"] == 50
+    assert (tmp_path / "ckpt" / "checkpoint-1" / "_COMMITTED").is_file()
+    assert "time budget of 0s spent at step 1" in res.stderr

@@ -16,6 +16,9 @@ from .exit_codes import ConfigError
 
 # Trainer-side defaults that are not (yet) SFTJob fields.
 DEFAULT_EVAL_EVERY_STEPS = 200
+# Wall-clock cap on training (then a final checkpoint, evaluation and export), for runs that must
+# fit a time box such as the CPU quickstart; `sftctl run --time-budget` overrides it.
+TIME_BUDGET_ANNOTATION = "sft.dev/max-train-seconds"
 LOCAL_CHECKPOINTS_KEPT = 2  # HF rotation of the local copies; the store keeps `checkpoints.keep`
 
 
@@ -96,6 +99,13 @@ class ResolvedConfig:
             import torch
 
             cuda = torch.cuda.is_available()
+        if max_train_seconds is None:
+            raw = (job.metadata.annotations or {}).get(TIME_BUDGET_ANNOTATION)
+            if raw is not None:
+                try:
+                    max_train_seconds = float(raw)
+                except ValueError as e:
+                    raise ConfigError(f"metadata.annotations[{TIME_BUDGET_ANNOTATION}]: {raw!r} is not a number") from e
         cfg = cls(
             job_name=job.metadata.name,
             namespace=job.metadata.namespace or "local",

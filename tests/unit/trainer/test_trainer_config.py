@@ -142,3 +142,16 @@ def test_topology_from_env():
 def test_cpu_gang_uses_gloo(tmp_path):
     kw = cfg_for(tmp_path, env={"NPROC_PER_NODE": "2"}).sft_config_kwargs()
     assert kw["ddp_backend"] == "gloo"
+
+
+def test_time_budget_annotation(tmp_path):
+    from sft_trainer.config import TIME_BUDGET_ANNOTATION
+
+    job = make_job()
+    job.metadata.annotations[TIME_BUDGET_ANNOTATION] = "240"
+    assert ResolvedConfig.from_job(job, workdir=tmp_path, cuda=False, env={}).max_train_seconds == 240.0
+    assert ResolvedConfig.from_job(job, workdir=tmp_path, cuda=False, env={},
+                                   max_train_seconds=10).max_train_seconds == 10  # the CLI flag wins
+    job.metadata.annotations[TIME_BUDGET_ANNOTATION] = "soon"
+    with pytest.raises(ConfigError, match="max-train-seconds.*'soon' is not a number"):
+        ResolvedConfig.from_job(job, workdir=tmp_path, cuda=False, env={})
