@@ -544,7 +544,8 @@ class DevCluster:
         print(f"control plane up in {time.monotonic() - t0:.1f}s", file=log)
 
     # -- nodes -------------------------------------------------------------------------------
-    def node_manifest(self, name: str, gpus: int, index: int) -> dict:
+    def node_manifest(self, name: str, gpus: int, index: int, labels: dict[str, str] | None = None,
+                      taints: list[dict] | None = None) -> dict:
         resources = {"cpu": "192", "memory": "2Ti", "pods": "110", "ephemeral-storage": "30Ti",
                      "nvidia.com/gpu": str(gpus)}
         return {
@@ -558,16 +559,19 @@ class DevCluster:
                     "topology.kubernetes.io/zone": f"dev-{'ab'[index % 2]}",
                     "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": GPU_PRODUCT,
                     "nvidia.com/gpu.count": str(gpus), "nvidia.com/gpu.memory": "81559",
+                    **(labels or {}),
                 },
             },
-            "spec": {},
+            "spec": {"taints": taints} if taints else {},
             "status": {"allocatable": resources, "capacity": resources},
         }
 
-    def add_nodes(self, names: list[str], gpus: int) -> None:
+    def add_nodes(self, names: list[str], gpus: int, labels: dict[str, str] | None = None,
+                  taints: list[dict] | None = None) -> None:
+        """Create (or update) kwok GPU nodes; kwok makes them Ready within a second or two."""
         if not names:
             return
-        items = [self.node_manifest(n, gpus, i) for i, n in enumerate(names)]
+        items = [self.node_manifest(n, gpus, i, labels, taints) for i, n in enumerate(names)]
         doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         p = subprocess.run([str(kubectl()), "--kubeconfig", str(self.kubeconfig), "apply", "-f", "-"],
                            input=doc, capture_output=True, text=True)

@@ -14,9 +14,8 @@ from sft_operator.devcluster import kwok_stages as ks
 
 
 class PodDriver:
-    def __init__(self, api: client.ApiClient, node_gpus: int = 8, add_node=None):
+    def __init__(self, api: client.ApiClient):
         self.core = client.CoreV1Api(api)
-        self._add_node = add_node  # callable(name) that recreates a kwok GPU node
 
     # -- outcomes ----------------------------------------------------------------------------
     def _annotate(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
@@ -81,11 +80,6 @@ class PodDriver:
                 self.wait_for_phase(p.metadata.namespace, p.metadata.name, "Failed", timeout)
         self.core.delete_node(node)
         return pods
-
-    def restore_node(self, node: str) -> None:
-        if self._add_node is None:
-            raise RuntimeError("this PodDriver cannot recreate nodes")
-        self._add_node(node)
 
     # -- waiting -----------------------------------------------------------------------------
     def wait_for_phase(self, namespace: str, name: str, phase: str | Iterable[str], timeout: float = 30

@@ -31,7 +31,7 @@ CRD_FILE = REPO_ROOT / "crds" / "sftjob.yaml"
 CRD_NAME = "sftjobs.sft.dev"
 
 # Fixtures that need the cluster; tests using them get the `cluster` marker automatically.
-_CLUSTER_FIXTURES = {"dev_cluster", "kube_api", "namespace", "sftjob_crd", "kwok_pods", "kubectl"}
+_CLUSTER_FIXTURES = {"dev_cluster", "kube_api", "namespace", "sftjob_crd", "kwok_pods", "kubectl", "gpu_pool"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -198,15 +198,60 @@ def sftjob_crd(kubectl, kube_api):
 
 
 @pytest.fixture(scope="session")
-def kwok_pods(kube_api, dev_cluster):
+def kwok_pods(kube_api):
     """A PodDriver: make a pod succeed, fail(exit_code), be preempted/evicted, or lose its node."""
-    from sft_operator.devcluster.cluster import DevCluster
     from sft_operator.devcluster.pods import PodDriver
 
-    def add_node(name: str) -> None:
-        DevCluster(dev_cluster.state_dir).add_nodes([name], gpus=8)
+    return PodDriver(kube_api)
 
-    return PodDriver(kube_api, add_node=add_node)
+
+class GpuPool:
+    """Dedicated kwok GPU nodes for one test: tainted, so only pods that tolerate the taint (and
+    select the label) land there, and other tests' pods never take their GPUs."""
+
+    def __init__(self, name: str, nodes: list[str], gpus: int):
+        self.name, self.nodes, self.gpus = name, nodes, gpus
+        self.node_selector = {"sft.dev/pool": name}
+        self.tolerations = [{"key": "sft.dev/pool", "operator": "Equal", "value": name, "effect": "NoSchedule"}]
+
+
+@pytest.fixture
+def gpu_pool(dev_cluster, kube_api, request):
+    """make(nodes=2, gpus=8) -> GpuPool with .nodes, .node_selector, .tolerations; deleted after the test."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from sft_operator.devcluster.cluster import ClusterError, DevCluster
+
+    core = client.CoreV1Api(kube_api)
+    made: list[str] = []
+
+    def make(nodes: int = 2, gpus: int = 8) -> GpuPool:
+        name = f"pool-{secrets.token_hex(3)}"
+        names = [f"{name}-{i}" for i in range(nodes)]
+        pool = GpuPool(name, names, gpus)
+        taints = [{k: v for k, v in t.items() if k != "operator"} for t in pool.tolerations]
+        try:
+            DevCluster(dev_cluster.state_dir).add_nodes(names, gpus, labels=pool.node_selector, taints=taints)
+        except ClusterError as e:
+            _fail("creating kwok GPU nodes failed", e)
+        made.extend(names)
+        deadline = time.monotonic() + 30
+        for n in names:
+            while not any(c.type == "Ready" and c.status == "True"
+                          for c in (core.read_node(n).status.conditions or [])):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"kwok node {n} did not become Ready within 30s", pytrace=False)
+                time.sleep(0.2)
+        return pool
+
+    yield make
+    for n in made:
+        try:
+            core.delete_node(n)
+        except ApiException as e:
+            if e.status != 404:
+                raise
 
 
 # -- S3 --------------------------------------------------------------------------------------
