@@ -259,3 +259,22 @@ def test_garbage_collector_deletes_owned_objects(kube_api, namespace):
             return e.status == 404
 
     _wait(child_gone, 60, "the garbage collector to delete the child")
+
+
+def test_headless_service_gets_endpoints_for_kwok_pods(kube_api, namespace, kwok_pods):
+    # The trainer's rendezvous goes through a headless Service: its EndpointSlice must list pod IPs.
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service(namespace, client.V1Service(
+        metadata=client.V1ObjectMeta(name="gang"),
+        spec=client.V1ServiceSpec(cluster_ip="None", selector={"app": "gang"},
+                                  ports=[client.V1ServicePort(name="c10d", port=29500)])))
+    core.create_namespaced_pod(namespace, _pod("gang-0", gpus=0, labels={"app": "gang"}))
+    (pod,) = kwok_pods.wait_for_pods(namespace, "app=gang", count=1)
+    assert pod.status.pod_ip
+
+    def addresses():
+        slices = client.DiscoveryV1Api(kube_api).list_namespaced_endpoint_slice(
+            namespace, label_selector="kubernetes.io/service-name=gang").items
+        return [a for s in slices for e in (s.endpoints or []) for a in e.addresses]
+
+    assert _wait(addresses, 30, "the EndpointSlice of gang") == [pod.status.pod_ip]

@@ -47,12 +47,13 @@ def default_state_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Ports:
-    apiserver: int = 36443
-    etcd: int = 32379
-    etcd_peer: int = 32380
-    controller_manager: int = 30257
-    scheduler: int = 30259
-    kwok: int = 30247
+    # Below Linux's ephemeral range (32768+), so an outgoing connection never holds one of them.
+    apiserver: int = 16443
+    etcd: int = 12379
+    etcd_peer: int = 12380
+    controller_manager: int = 12257
+    scheduler: int = 12259
+    kwok: int = 12247
 
     @classmethod
     def free(cls) -> Ports:
