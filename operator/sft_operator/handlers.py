@@ -91,6 +91,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.clusterwide = True
     settings.peering.lifetime = load_settings().peering_lifetime_seconds
     settings.execution.max_workers = 8
+    # On deletion kopf stops the resync timer before it drops the finalizer; a timer caught inside a
+    # (sync) pass would otherwise be re-checked only after 60 s.
+    settings.background.instant_exit_timeout = 2.0
+    settings.background.cancellation_polling = 1.0
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     STATE.settings = load_settings()

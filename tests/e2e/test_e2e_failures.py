@@ -116,17 +116,18 @@ def test_active_deadline(operator, sft):
     assert sft.pods(name) == []
 
 
-def test_node_loss_counts_as_preemption(operator, sft, kwok_pods):
+def test_node_loss_counts_as_preemption(operator, sft, kwok_pods, gpu_pool):
+    pool = gpu_pool(nodes=3, gpus=8)  # dedicated nodes: losing one never hurts another test
     name = "nodeloss"
-    sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=8, workers={"nodeSelector": pool.node_selector, "tolerations": pool.tolerations}))
     pods = sft.running_pods(name, 1, 2)
     sft.wait_phase(name, "Running")
     lost = pods[1].spec.node_name
-    kwok_pods.lose_node(lost)
-    try:
-        st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2 after node loss")
-        assert st["preemptions"] == 1 and st["restarts"] == 0
-        assert cond(st, "Restarting")["reason"] == "NodeLost" and lost in cond(st, "Restarting")["message"]
-    finally:
-        kwok_pods.restore_node(lost)
-    sft.running_pods(name, 2, 2, timeout=60)
+    assert lost in pool.nodes
+    kwok_pods.lose_node(lost, fast=False)  # the Node object goes away; pod GC would act only after 40s
+    st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2 after node loss")
+    assert st["preemptions"] == 1 and st["restarts"] == 0
+    assert cond(st, "Restarting")["reason"] == "NodeLost" and lost in cond(st, "Restarting")["message"]
+    assert st["lastFailure"]["node"] == lost
+    new_pods = sft.running_pods(name, 2, 2, timeout=60)
+    assert lost not in {p.spec.node_name for p in new_pods}

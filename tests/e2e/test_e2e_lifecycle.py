@@ -96,14 +96,11 @@ def test_kueue_admission(operator, sft):
     assert sft.jobs(name, 1)[0].spec.suspend is False  # the operator did not undo the admission
 
 
-def test_job_too_large_stays_pending_with_reason(operator, sft):
+def test_job_too_large_stays_pending_with_reason(operator, sft, gpu_pool):
+    pool = gpu_pool(nodes=2, gpus=8)
     name = "toolarge"
-    sft.apply(sftjob_manifest(name, nodes=5, gpus=8))  # 40 GPUs on 4 nodes x 8
-    try:
-        st = sft.wait(name, lambda s: cond(s, "Running").get("reason") == "Unschedulable", 40, "Unschedulable")
-        assert st["phase"] == "Pending"
-        assert "Insufficient nvidia.com/gpu" in cond(st, "Running")["message"]
-        assert "Unschedulable" in [e.reason for e in sft.events(name)]
-    finally:
-        sft.delete(name)
-        wait_until(lambda: not sft.pods(name), 60, "pods of the oversized job gone")
+    sft.apply(sftjob_manifest(name, nodes=3, gpus=8, workers={"nodeSelector": pool.node_selector, "tolerations": pool.tolerations}))
+    st = sft.wait(name, lambda s: cond(s, "Running").get("reason") == "Unschedulable", 40, "Unschedulable")
+    assert st["phase"] == "Pending"
+    assert "Insufficient nvidia.com/gpu" in cond(st, "Running")["message"]
+    assert "Unschedulable" in [e.reason for e in sft.events(name)]
