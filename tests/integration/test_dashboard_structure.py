@@ -179,3 +179,10 @@ def test_the_docs_picture_draws_dashboard_panels():
 
     titles = {p["title"] for p in panels(load())}
     assert set(render_quickstart_png.PANELS) <= titles
+
+
+def test_docs_picture_exists_and_is_a_png():
+    png = ROOT / "docs" / "images" / "quickstart-dashboard.png"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert "images/quickstart-dashboard.png" in (ROOT / "docs" / "monitoring.md").read_text()
