@@ -30,21 +30,22 @@ def test_pod_failure_restarts_the_whole_gang(operator, sft, kwok_pods):
     kwok_pods.fail(sft.ns, pods[1].metadata.name, exit_code=3, wait=False)
 
     job2 = wait_job(sft, name, 2)
-    # Attempt 2 exists only once no pod of attempt 1 is left.
-    assert sft.pods(name, 1) == [] and sft.jobs(name, 1) == []
+    # Attempt 2 exists only once no pod of attempt 1 can still run (a terminal one may linger
+    # behind the Job controller's tracking finalizer for a moment).
+    assert all(p.status.phase in ("Failed", "Succeeded") for p in sft.pods(name, 1)), [(p.metadata.name, p.status.phase) for p in sft.pods(name, 1)]
+    assert sft.jobs(name, 1) == []
     env = _env(job2)
     assert env["SFT_ATTEMPT"] == "2" and env["SFT_RESUME"] == "latest"
     st = sft.status(name)
     assert st["attempt"] == 2 and st["restarts"] == 1 and st["preemptions"] == 0
-    c = cond(st, "Restarting")
-    assert c["reason"] == "PodFailed" and pods[1].metadata.name in c["message"] and "exited with code 3" in c["message"]
+    [ev] = [e for e in sft.events(name) if e.reason == "PodFailed"]
+    assert ev.type == "Warning" and pods[1].metadata.name in ev.message and "exited with code 3" in ev.message
     assert st["lastFailure"]["pod"] == pods[1].metadata.name and st["lastFailure"]["exitCode"] == 3
     assert st["lastFailure"]["node"] == pods[1].spec.node_name
 
     sft.running_pods(name, 2, 2)
     st = sft.wait_phase(name, "Running")
     assert st["restarts"] == 1 and cond(st, "Restarting")["status"] == "False"
-    assert "PodFailed" in [e.reason for e in sft.events(name)]
 
 
 def test_eviction_counts_as_preemption(operator, sft, kwok_pods):
@@ -55,7 +56,7 @@ def test_eviction_counts_as_preemption(operator, sft, kwok_pods):
     kwok_pods.evict(sft.ns, pods[0].metadata.name, wait=False)
     st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2")
     assert st["preemptions"] == 1 and st["restarts"] == 0
-    assert cond(st, "Restarting")["reason"] == "Evicted"
+    assert st["lastFailure"]["reason"] == "Evicted" and "EvictionByEvictionAPI" in st["lastFailure"]["message"]
     sft.running_pods(name, 2, 2)
     st = sft.wait_phase(name, "Running")
     assert st["preemptions"] == 1 and st["restarts"] == 0
@@ -127,7 +128,7 @@ def test_node_loss_counts_as_preemption(operator, sft, kwok_pods, gpu_pool):
     kwok_pods.lose_node(lost, fast=False)  # the Node object goes away; pod GC would act only after 40s
     st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2 after node loss")
     assert st["preemptions"] == 1 and st["restarts"] == 0
-    assert cond(st, "Restarting")["reason"] == "NodeLost" and lost in cond(st, "Restarting")["message"]
-    assert st["lastFailure"]["node"] == lost
+    assert st["lastFailure"]["reason"] == "NodeLost" and st["lastFailure"]["node"] == lost
+    assert lost in st["lastFailure"]["message"]
     new_pods = sft.running_pods(name, 2, 2, timeout=60)
     assert lost not in {p.spec.node_name for p in new_pods}
