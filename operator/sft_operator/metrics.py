@@ -75,12 +75,12 @@ RECONCILE_ERRORS = Counter(
     "Reconcile passes of an SFTJob that failed with an error (kopf retries them)",
     registry=REGISTRY,
 )
-RESTART_REASONS = ("PodFailed", "OOMKilled", "Stalled", "Preempted", "Evicted", "NodeLost")
+RESTART_REASONS = ("PodFailed", "OOMKilled", "Stalled", "Preempted", "Evicted", "NodeLost", "Interrupted")
 RESTARTS = Counter(
     "sftoperator_restarts_total",
     "Attempts torn down and restarted, by SFTJob (namespace, sftjob) and reason "
-    "(PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost)",
-    ["namespace", "sftjob", "reason"],
+    "(PodFailed, OOMKilled, Stalled, Preempted, Evicted, NodeLost, Interrupted)",
+    labelnames=["namespace", "sftjob", "reason"],
     registry=REGISTRY,
 )
 TIME_TO_RUNNING = Histogram(
@@ -89,7 +89,7 @@ TIME_TO_RUNNING = Histogram(
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
     registry=REGISTRY,
 )
-BUILD_INFO = Gauge("sftoperator_build_info", "Build information; always 1", ["version"], registry=REGISTRY)
+BUILD_INFO = Gauge("sftoperator_build_info", "Build information; always 1", labelnames=["version"], registry=REGISTRY)
 
 
 def _version() -> str:
