@@ -46,6 +46,7 @@ def test_pod_failure_restarts_the_whole_gang(operator, sft, kwok_pods):
     sft.running_pods(name, 2, 2)
     st = sft.wait_phase(name, "Running")
     assert st["restarts"] == 1 and cond(st, "Restarting")["status"] == "False"
+    assert f'sftoperator_restarts_total{{namespace="{sft.ns}",reason="PodFailed",sftjob="{name}"}} 1.0' in operator.metrics()
 
 
 def test_eviction_counts_as_preemption(operator, sft, kwok_pods):
