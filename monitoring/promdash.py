@@ -87,3 +87,8 @@ def variable_options(url: str, dashboard: dict, start: float, end: float, chosen
             match = match.replace(f"${name}", value)
         out[var["name"]] = label_values(url, m.group(2), match, start, end)
     return out
+
+
+def rules(url: str) -> list[dict]:
+    """Every rule Prometheus evaluates, with its `health`, `lastError` and (for alerts) `state`."""
+    return [r for g in _get(url, "rules", {})["groups"] for r in g["rules"]]

@@ -107,6 +107,8 @@ def test_every_dashboard_query_returns_data_after_a_real_run(dev_cluster, kubect
         # Prometheus first: counters and histograms must be seen before they move.
         start = time.time()
         prom = prometheus([f"127.0.0.1:{op.metrics_port}"])
+        # The alert rules evaluate on the same real series (an evaluation error shows as rule health).
+        prom.set_rule_files([ROOT / "monitoring" / "alerts" / "sft-operator.rules.yaml"])
 
         # The operator's side: the job runs, fails once (a restart), is preempted once.
         kubectl("apply", "-f", str(job_yaml))
@@ -138,6 +140,13 @@ def test_every_dashboard_query_returns_data_after_a_real_run(dev_cluster, kubect
                 empty.append(f"{q.panel} [{q.ref}]: {expr} -> {len(series)} series, none with a finite value")
         assert checked >= 25
         assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+        rules = promdash.rules(prom.url)
+        assert len(rules) == 9
+        bad = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
+        assert not bad, f"alert rules failed to evaluate on real series: {bad}"
+        firing = {r["name"] for r in rules if r["state"] == "firing"}
+        assert not firing & {"SFTOperatorDown", "SFTJobLossNaN", "SFTJobStalled"}, firing
 
         # The series say what happened.
         step = promdash.query_range(prom.url, f'max(sftjob_step{{namespace="{ns}", sftjob="{JOB}"}})', start, end, 2)
