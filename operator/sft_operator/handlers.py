@@ -1,6 +1,8 @@
 """kopf handlers: fetch -> pure reconcile -> write. Nothing here decides anything.
 
-Triggers (all level-based, all funnel into `reconcile_job`):
+Triggers only put the SFTJob's key into a work queue (`workqueue.py`: deduplicated, one pass per key at
+a time, 8 worker threads), so kopf's event processing never waits on the apiserver. Triggers (all
+level-based, all funnel into `reconcile_job`):
 - every SFTJob event (create, spec change, the trainer's progress patches), and the initial listing
   at start-up, which picks up jobs created while the operator was down;
 - every event of a child Job or pod (labels `sft.dev/job-name`, `sft.dev/attempt`);
@@ -15,9 +17,7 @@ Run: `python -m sft_operator.run_operator` (or `kopf run -m sft_operator.handler
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -29,6 +29,7 @@ from .children import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
 from .observe import Observation, observe_job, observe_pod, parse_time
 from .reconcile import Result, reconcile, validate_body
 from .settings import OperatorSettings, load_settings
+from .workqueue import WorkQueue
 
 log = logging.getLogger("sft_operator")
 
@@ -37,43 +38,20 @@ CHILD_LABELS = {LABEL_JOB: kopf.PRESENT, LABEL_ATTEMPT: kopf.PRESENT}
 
 
 class _State:
-    """Process-wide state: settings, API client, one lock per SFTJob (passes never interleave) and
-    a "pass queued" mark per SFTJob: triggers that arrive while a pass already waits are dropped,
-    because that pass reads the world after they happened (bursts of pod events coalesce)."""
+    """Process-wide state: settings, API client, the work queue and kopf's child indices."""
 
     def __init__(self) -> None:
         self.settings: OperatorSettings = load_settings()
         self._api: KubeApi | None = None
-        self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-        self._queued: set[tuple[str, str]] = set()
-        self._guard = threading.Lock()
+        self.queue = WorkQueue(lambda key: _process(key), workers=8)
+        self.indices: dict[str, Any] = {}
         self.metrics_server = None
-
-    def enqueue(self, key: tuple[str, str]) -> bool:
-        """False when a pass for `key` is already waiting to run."""
-        with self._guard:
-            if key in self._queued:
-                return False
-            self._queued.add(key)
-            return True
-
-    def dequeue(self, key: tuple[str, str]) -> None:
-        with self._guard:
-            self._queued.discard(key)
 
     @property
     def api(self) -> KubeApi:
         if self._api is None:
             self._api = KubeApi()
         return self._api
-
-    def lock(self, key: tuple[str, str]) -> threading.Lock:
-        with self._guard:
-            return self._locks[key]
-
-    def forget(self, key: tuple[str, str]) -> None:
-        with self._guard:
-            self._locks.pop(key, None)
 
 
 STATE = _State()
@@ -90,7 +68,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.name = "sft-operator"
         settings.peering.clusterwide = True
     settings.peering.lifetime = load_settings().peering_lifetime_seconds
-    settings.execution.max_workers = 16  # passes mostly wait on the apiserver
     # kopf logs every handler call ("Handler ... succeeded") at INFO: thousands of lines per minute at
     # scale. Our own "reconciled" lines (logger sft_operator) say what changed.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -104,7 +81,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     validate_body({"spec": {}})  # warm the schema validators now, not on the first SFTJob
     if STATE.metrics_server is None and STATE.settings.metrics_port > 0:
         STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
+    STATE.queue.start()
     log.info("sft-operator configured", extra={"settings": STATE.settings.describe()})
+
+
+@kopf.on.cleanup()
+def stop_workers(**_: Any) -> None:
+    STATE.queue.stop()
 
 
 @kopf.on.probe(id="sftjobs_tracked")
@@ -142,30 +125,28 @@ def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes_idx) -> Observa
 # -- the one reconcile path -------------------------------------------------------------------------
 
 
-def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes_idx=None, logger=None) -> Result | None:
+def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes_idx=None) -> Result | None:
+    """One pass for one SFTJob: fresh read, pure reconcile, write. Callers must not run two passes
+    of the same SFTJob at once (the work queue guarantees it)."""
     key = (namespace, name)
     api = STATE.api
-    if not STATE.enqueue(key):
-        return None
-    with STATE.lock(key):
-        STATE.dequeue(key)  # from here on, a new trigger queues one more pass
-        for _ in range(5):
-            started = time.monotonic()
-            body = api.get("SFTJob", namespace, name)
-            if body is None:
-                metrics.forget_job(key)
-                return None
-            obs = _observation(key, jobs_idx, pods_idx, nodes_idx)
-            now = datetime.now(timezone.utc)
-            result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
-            try:
-                write_result(api, body, result)
-            except Conflict:
-                continue  # changed under us (often a progress patch): recompute from a fresh read
-            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-            _record(key, body, result, now)
-            return result
-        raise kopf.TemporaryError(f"SFTJob {namespace}/{name} kept changing during reconcile", delay=1)
+    for _ in range(5):
+        started = time.monotonic()
+        body = api.get("SFTJob", namespace, name)
+        if body is None:
+            metrics.forget_job(key)
+            return None
+        obs = _observation(key, jobs_idx, pods_idx, nodes_idx)
+        now = datetime.now(timezone.utc)
+        result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
+        try:
+            write_result(api, body, result)
+        except Conflict:
+            continue  # changed under us (often a progress patch): recompute from a fresh read
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        _record(key, body, result, now)
+        return result
+    raise RuntimeError(f"SFTJob {namespace}/{name} kept changing during reconcile")
 
 
 def _record(key, body: Mapping, result: Result, now: datetime) -> None:
@@ -193,50 +174,57 @@ def _record(key, body: Mapping, result: Result, now: datetime) -> None:
         )
 
 
-def _run(namespace: str | None, name: str | None, kwargs: Mapping, logger) -> None:
-    if not namespace or not name:
-        return
+def _process(key: tuple[str, str]) -> None:
+    """A work-queue pass: the kopf indices are the ones the handlers saw last."""
+    namespace, name = key
     try:
         reconcile_job(
             namespace,
             name,
-            jobs_idx=kwargs.get("sft_child_jobs"),
-            pods_idx=kwargs.get("sft_child_pods"),
-            nodes_idx=kwargs.get("sft_nodes"),
-            logger=logger,
+            jobs_idx=STATE.indices.get("sft_child_jobs"),
+            pods_idx=STATE.indices.get("sft_child_pods"),
+            nodes_idx=STATE.indices.get("sft_nodes"),
         )
     except ApiError as exc:
+        if exc.status == 403 and "being terminated" in str(exc):
+            log.info(f"namespace {namespace} is being deleted; nothing to create for {name}")
+            return
         metrics.RECONCILE_ERRORS.inc()
-        if exc.status in (429, 500, 503, 504):
-            raise kopf.TemporaryError(str(exc), delay=2) from exc
         raise
     except Exception:
         metrics.RECONCILE_ERRORS.inc()
         raise
 
 
-# -- triggers -----------------------------------------------------------------------------------------
+def _trigger(namespace: str | None, name: str | None, kwargs: Mapping) -> None:
+    if not namespace or not name:
+        return
+    if not STATE.indices:
+        STATE.indices = {k: kwargs.get(k) for k in ("sft_child_jobs", "sft_child_pods", "sft_nodes")}
+    STATE.queue.add((namespace, name))
+
+
+# -- triggers: they only queue the SFTJob ---------------------------------------------------------------
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def sftjob_event(type: str | None, name: str, namespace: str, logger, **kwargs: Any) -> None:
+async def sftjob_event(type: str | None, name: str, namespace: str, **kwargs: Any) -> None:
     if type == "DELETED":
         metrics.forget_job((namespace, name))
-        STATE.forget((namespace, name))
         return
-    _run(namespace, name, kwargs, logger)
+    _trigger(namespace, name, kwargs)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=load_settings().resync_seconds, sharp=False)
-def sftjob_resync(name: str, namespace: str, logger, **kwargs: Any) -> None:
-    _run(namespace, name, kwargs, logger)
+async def sftjob_resync(name: str, namespace: str, **kwargs: Any) -> None:
+    _trigger(namespace, name, kwargs)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-def child_job_event(namespace: str, labels: Mapping, logger, **kwargs: Any) -> None:
-    _run(namespace, labels.get(LABEL_JOB), kwargs, logger)
+async def child_job_event(namespace: str, labels: Mapping, **kwargs: Any) -> None:
+    _trigger(namespace, labels.get(LABEL_JOB), kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-def child_pod_event(namespace: str, labels: Mapping, logger, **kwargs: Any) -> None:
-    _run(namespace, labels.get(LABEL_JOB), kwargs, logger)
+async def child_pod_event(namespace: str, labels: Mapping, **kwargs: Any) -> None:
+    _trigger(namespace, labels.get(LABEL_JOB), kwargs)
