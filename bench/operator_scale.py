@@ -151,6 +151,7 @@ def main() -> int:
     ap.add_argument("--fail", type=int, default=50, help="SFTJobs that get one pod failure")
     ap.add_argument("--apply-rate", type=float, default=0, help="SFTJobs per second (0: as fast as possible)")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (SFT_WORKERS)")
     ap.add_argument("--kubeconfig", help="use this running dev cluster (it must have --nodes nodes)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_scale.json"))
     args = ap.parse_args()
@@ -159,6 +160,7 @@ def main() -> int:
 
     from sft_operator.devcluster import kwok_stages as ks
 
+    load_start = round(os.getloadavg()[0], 2)  # the machine is shared: record how busy it was
     cluster = None
     if args.kubeconfig:
         kubeconfig = Path(args.kubeconfig)
@@ -189,7 +191,7 @@ def main() -> int:
             print(f"{need} GPUs requested but the cluster has {capacity}", file=sys.stderr)
             return 2
 
-        env = dict(os.environ, KUBECONFIG=str(kubeconfig), SFT_RESYNC_SECONDS="30", PYTHONUNBUFFERED="1",
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig), SFT_RESYNC_SECONDS="30", PYTHONUNBUFFERED="1", SFT_WORKERS=str(args.workers),
                    SFT_OPERATOR_METRICS_PORT=str(free_port()), SFT_OPERATOR_HEALTH_PORT=str(free_port()))
         log = open(Path(tempfile.gettempdir()) / f"sft-bench-operator-{ns}.log", "w")
         op = subprocess.Popen([sys.executable, "-m", "sft_operator.run_operator", "--standalone", "--log-format", "json"],
@@ -247,9 +249,10 @@ def main() -> int:
         result = {
             "benchmark": "operator_scale",
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                        "load_avg_1m_start": load_start, "load_avg_1m_end": round(os.getloadavg()[0], 2)},
             "params": {"jobs": args.jobs, "nodes": args.nodes, "job_nodes": args.job_nodes, "job_gpus": args.job_gpus,
-                       "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes},
+                       "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes, "workers": args.workers},
             "apply_seconds_total": round(apply_seconds, 2),
             "apply_to_job_created_seconds": summary(job_created),
             "apply_to_all_pods_running_seconds": summary(all_running),

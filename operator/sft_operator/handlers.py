@@ -43,7 +43,7 @@ class _State:
     def __init__(self) -> None:
         self.settings: OperatorSettings = load_settings()
         self._api: KubeApi | None = None
-        self.queue = WorkQueue(lambda key: _process(key), workers=8)
+        self.queue = WorkQueue(lambda key: _process(key), workers=self.settings.workers)
         self.indices: dict[str, Any] = {}
         self.metrics_server = None
 

@@ -51,6 +51,8 @@ class OperatorSettings:
     max_preemptions: int = 20
     # -- how often every SFTJob is reconciled even without events (stall, deadline, TTL clocks)
     resync_seconds: float = 15.0
+    # -- reconcile worker threads (passes of different SFTJobs run in parallel)
+    workers: int = 8
     # -- operator metrics port (/metrics)
     metrics_port: int = 8080
     # -- liveness/readiness endpoint for kopf (`/healthz`)
@@ -74,6 +76,7 @@ class OperatorSettings:
             shm_size=_env("SFT_SHM_SIZE", d.shm_size),
             max_preemptions=_env("SFT_MAX_PREEMPTIONS", d.max_preemptions, int),
             resync_seconds=_env("SFT_RESYNC_SECONDS", d.resync_seconds, float),
+            workers=_env("SFT_WORKERS", d.workers, int),
             metrics_port=_env("SFT_OPERATOR_METRICS_PORT", d.metrics_port, int),
             health_port=_env("SFT_OPERATOR_HEALTH_PORT", d.health_port, int),
             run_as_user=_env("SFT_RUN_AS_USER", d.run_as_user, int),
