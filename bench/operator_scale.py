@@ -215,6 +215,25 @@ def main() -> int:
         jobs_rec.start()
         pods_rec.start()
 
+        # Baseline in the same run: one SFTJob alone on the same cluster and operator.
+        base = "baseline"
+        t0 = time.monotonic()
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest(base, args.job_nodes, args.job_gpus))
+        deadline = time.monotonic() + 120
+        while (base, "1") not in pods_rec.all_running_at and time.monotonic() < deadline:
+            time.sleep(0.05)
+        baseline = {"apply_to_job_created_seconds": round(jobs_rec.first_seen.get((base, "1"), float("nan")) - t0, 3),
+                    "apply_to_all_pods_running_seconds": round(pods_rec.all_running_at.get((base, "1"), float("nan")) - t0, 3)}
+        pods = core.list_namespaced_pod(ns, label_selector=f"sft.dev/job-name={base},sft.dev/attempt=1").items
+        t1 = time.monotonic()
+        core.patch_namespaced_pod(pods[0].metadata.name, ns, {"metadata": {"annotations": {ks.OUTCOME_ANNOTATION: "fail", ks.EXIT_CODE_ANNOTATION: "1"}}})
+        while (base, "2") not in jobs_rec.first_seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        baseline["failure_to_next_attempt_seconds"] = round(jobs_rec.first_seen.get((base, "2"), float("nan")) - t1, 3)
+        custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, base)
+        print(f"baseline (one job alone): {baseline}", file=sys.stderr)
+        time.sleep(3)
+
         applied: dict[str, float] = {}
         t_apply0 = time.monotonic()
         for i in range(args.jobs):
@@ -253,6 +272,7 @@ def main() -> int:
                         "load_avg_1m_start": load_start, "load_avg_1m_end": round(os.getloadavg()[0], 2)},
             "params": {"jobs": args.jobs, "nodes": args.nodes, "job_nodes": args.job_nodes, "job_gpus": args.job_gpus,
                        "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes, "workers": args.workers},
+            "baseline_single_job": baseline,
             "apply_seconds_total": round(apply_seconds, 2),
             "apply_to_job_created_seconds": summary(job_created),
             "apply_to_all_pods_running_seconds": summary(all_running),
@@ -271,6 +291,9 @@ def main() -> int:
         for key in ("apply_to_job_created_seconds", "apply_to_all_pods_running_seconds", "failure_to_next_attempt_seconds"):
             r = result[key]
             print(f"| {key} | {r['n']} | {r['p50']} | {r['p99']} |")
+        b = result["baseline_single_job"]
+        print(f"| baseline, one job alone: job created / pods running / next attempt | 1 | "
+              f"{b['apply_to_job_created_seconds']} / {b['apply_to_all_pods_running_seconds']} / {b['failure_to_next_attempt_seconds']} | |")
         print(f"| operator peak RSS | | {result['operator']['peak_rss_mib']} MiB | |")
         print(f"| operator CPU | | {result['operator']['cpu_seconds']} s | |")
         try:
