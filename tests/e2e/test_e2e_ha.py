@@ -12,6 +12,8 @@ PEERING = Path(__file__).resolve().parents[2] / "operator" / "sft_operator" / "a
 
 
 def test_two_replicas_one_leader_and_failover(operator, sft, kubectl, dev_cluster, kwok_pods, tmp_path):
+    # Remove what this test installs afterwards (a Helm install of the chart must own these CRDs).
+    preinstalled = kubectl("get", "crd", "clusterkopfpeerings.kopf.dev", check=False).returncode == 0
     kubectl("apply", "-f", str(PEERING), check=False)  # the object needs its CRD established first
     kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
     deadline = time.monotonic() + 30
@@ -48,4 +50,6 @@ def test_two_replicas_one_leader_and_failover(operator, sft, kubectl, dev_cluste
     finally:
         leader.stop()
         standby.stop()
+        if not preinstalled:
+            kubectl("delete", "-f", str(PEERING), "--ignore-not-found", "--wait=false", check=False)
         operator.start()
