@@ -6,7 +6,7 @@
 - Children are applied with server-side apply under the field manager `sft-operator`; Jobs are
   only ever created (their pod template is immutable and Kueue owns `spec.suspend` after admission).
 - Deletes ignore 404; the next attempt starts only once reconcile sees no pod of an earlier one.
-- Events are posted only after the status write succeeded.
+- Events are posted only after the status write succeeded (and before the children change).
 """
 
 from __future__ import annotations
@@ -202,6 +202,8 @@ def write_result(api: KubeApi, body: dict, result: Result) -> None:
             {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": result.status_patch},
             subresource="status",
         )
+    for event in result.events:  # right after the status write they describe
+        post_event(api, body, event)
     if result.annotations:
         api.merge_patch(KIND, ns, name, {"metadata": {"annotations": result.annotations}})
     for ref in result.delete:
@@ -211,8 +213,6 @@ def write_result(api: KubeApi, body: dict, result: Result) -> None:
             api.create(obj)
         else:
             api.apply(obj)
-    for event in result.events:
-        post_event(api, body, event)
 
 
 def _delete(api: KubeApi, namespace: str, ref: ChildRef) -> None:

@@ -170,6 +170,17 @@ class Sft:
         evs = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name},involvedObject.kind=SFTJob").items
         return sorted(evs, key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
 
+    def wait_events(self, name: str, reasons: set[str], timeout: float = 10) -> list:
+        """Until Events with all `reasons` exist (they follow the status write they describe)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            evs = self.events(name)
+            if reasons <= {e.reason for e in evs}:
+                return evs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"events {sorted(reasons)} of {name} not all seen in {timeout}s: {[e.reason for e in evs]}")
+            time.sleep(0.2)
+
     def report_progress(self, name: str, status: dict) -> None:
         """Patch status the way the trainer's rank 0 does: with the job's own trainer ServiceAccount token."""
         from kubernetes import client

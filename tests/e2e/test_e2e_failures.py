@@ -38,7 +38,7 @@ def test_pod_failure_restarts_the_whole_gang(operator, sft, kwok_pods):
     assert env["SFT_ATTEMPT"] == "2" and env["SFT_RESUME"] == "latest"
     st = sft.status(name)
     assert st["attempt"] == 2 and st["restarts"] == 1 and st["preemptions"] == 0
-    [ev] = [e for e in sft.events(name) if e.reason == "PodFailed"]
+    [ev] = [e for e in sft.wait_events(name, {"PodFailed"}) if e.reason == "PodFailed"]
     assert ev.type == "Warning" and pods[1].metadata.name in ev.message and "exited with code 3" in ev.message
     assert st["lastFailure"]["pod"] == pods[1].metadata.name and st["lastFailure"]["exitCode"] == 3
     assert st["lastFailure"]["node"] == pods[1].spec.node_name

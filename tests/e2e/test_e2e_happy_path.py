@@ -61,8 +61,7 @@ def test_happy_path(operator, sft, kwok_pods, kubectl):
     assert st["completionTime"] and cond(st, "Succeeded")["status"] == "True"
     assert st["progress"]["step"] == 10  # the operator never overwrote the trainer's fields
 
-    reasons = [e.reason for e in sft.events(name)]
-    assert {"AttemptCreated", "PodsRunning", "Completed"} <= set(reasons), reasons
+    sft.wait_events(name, {"AttemptCreated", "PodsRunning", "Completed"})
     text = operator.metrics()
     assert 'sftoperator_build_info{version=' in text
     assert 'sftoperator_jobs{phase="Succeeded"}' in text

@@ -61,7 +61,7 @@ def test_ttl_removes_children_and_keeps_the_sftjob(operator, sft, kwok_pods):
     assert gone(lambda: sft.core.read_namespaced_service_account("ttl-trainer", sft.ns))
     st = sft.status(name)
     assert st["phase"] == "Succeeded" and st["completionTime"]
-    assert "TTLExpired" in [e.reason for e in sft.events(name)]
+    sft.wait_events(name, {"TTLExpired"})
 
 
 def test_deletion_garbage_collects_children(operator, sft):
@@ -103,4 +103,4 @@ def test_job_too_large_stays_pending_with_reason(operator, sft, gpu_pool):
     st = sft.wait(name, lambda s: cond(s, "Running").get("reason") == "Unschedulable", 40, "Unschedulable")
     assert st["phase"] == "Pending"
     assert "Insufficient nvidia.com/gpu" in cond(st, "Running")["message"]
-    assert "Unschedulable" in [e.reason for e in sft.events(name)]
+    sft.wait_events(name, {"Unschedulable"})

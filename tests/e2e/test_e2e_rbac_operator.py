@@ -45,9 +45,9 @@ def test_operator_runs_under_its_cluster_role(operator, sft, dev_cluster, kube_a
         sft.running_pods(name, 2, 2)
         st = sft.wait_phase(name, "Running")
         assert st["restarts"] == 1 and st["attempt"] == 2
-        assert {"AttemptCreated", "PodFailed", "PodsRunning"} <= {e.reason for e in sft.events(name)}
-        log = restricted.log_file.read_text()
-        assert "Forbidden" not in log and "403" not in log, log[-3000:]
+        sft.wait_events(name, {"AttemptCreated", "PodFailed", "PodsRunning"})
+        denied = [ln for ln in restricted.log_file.read_text().splitlines() if 'User \\"system:serviceaccount' in ln or "cannot " in ln]
+        assert denied == [], denied[:5]  # no RBAC denial at all (kopf's watches included)
     finally:
         restricted.stop()
         rbac.delete_cluster_role_binding(role)
