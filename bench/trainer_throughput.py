@@ -3,6 +3,10 @@ defaults, on the same data and the same tiny model, in the same run of this scri
 
     python bench/trainer_throughput.py [--baseline-steps 120] [--ours-steps 120] [--rows 4000]
 
+Run it once as is (each side's defaults, including our single intra-op thread for the tiny CPU
+model) and once with OMP_NUM_THREADS=1 --out bench/results/trainer_throughput_1thread.json (the
+same thread count on both sides: the packing/padding difference alone).
+
 Each side runs in its own subprocess (clean peak-memory figures, no shared state). Reports trained
 (non-pad) tokens per second for each and their ratio, packing efficiency (non-pad share of the
 positions the model processed), peak memory, and on a GPU the MFU. Writes
@@ -193,6 +197,7 @@ def main() -> int:
         "baseline_trl_defaults": results["baseline"], "ours_defaults": results["ours"],
         "ratio_tokens_per_second": round(results["ours"]["tokens_per_second"]
                                          / results["baseline"]["tokens_per_second"], 2),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
