@@ -108,7 +108,9 @@ def test_install_upgrade_uninstall(helm, kubectl, namespace, tmp_path):
         _adopt_crds(kubectl, RELEASE, ns)
         # -- install (an older chart version) -------------------------------------------------------
         old = _old_chart(tmp_path)
-        out = helm("install", RELEASE, str(old), "-n", ns, "--wait=false").stdout
+        # The session may already hold the CRD, applied by kubectl server-side: the chart README says to
+        # pass --force-conflicts then, so that Helm takes over the fields kubectl owned.
+        out = helm("install", RELEASE, str(old), "-n", ns, "--wait=false", "--force-conflicts").stdout
         assert "STATUS: deployed" in out
         assert "kubectl apply -f examples/" in out  # NOTES
         for crd in CRDS:
