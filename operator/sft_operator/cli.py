@@ -79,9 +79,20 @@ def render(
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command()
 def run(
     file: Path = typer.Argument(..., help="An SFTJob YAML file; relative data paths resolve against its directory."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override spec.training.maxSteps."),
+    time_budget: Optional[float] = typer.Option(
+        None, "--time-budget", min=1, help="Seconds of training; then stop with a final committed checkpoint."
+    ),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Local scratch directory (default: runs/<name>)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="Port of the Prometheus /metrics endpoint (default: a free one)."
+    ),
+    measure: bool = typer.Option(
+        True, "--measure/--no-measure", help="Measure held-out exact match and the golden set before and after."
+    ),
 ) -> None:
     """Train an SFTJob on this machine (the CPU quickstart, or a GPU box), with the same trainer as the pods."""
     _load_valid(file)
@@ -90,7 +101,14 @@ def run(
     except ImportError as exc:  # the [trainer] extra is not installed
         err.print(f"[red]✗[/] sftctl run needs the trainer: pip install 'sft-operator[trainer]' ({exc})")
         raise typer.Exit(1) from None
-    raise typer.Exit(run_local(file))
+    overrides = {
+        "max_steps": max_steps,
+        "time_budget": time_budget,
+        "workdir": str(workdir) if workdir else None,
+        "metrics_port": metrics_port,
+        "measure": measure,
+    }
+    raise typer.Exit(run_local(file, overrides={k: v for k, v in overrides.items() if v is not None}))
 
 
 @app.command("crd")
