@@ -57,6 +57,20 @@ def _adopt_crds(kubectl, release: str, namespace: str) -> None:
         kubectl("label", "crd", *existing, "app.kubernetes.io/managed-by=Helm", "--overwrite")
 
 
+def _release_sftjobs(kubectl) -> None:
+    """Drop the operator's finalizer from every SFTJob (no operator runs in this test).
+
+    Earlier tests in the session can leave SFTJobs in terminating namespaces; deleting the CRD waits
+    for every instance, and an instance with a finalizer waits for an operator that is not there.
+    """
+    listing = _get(kubectl, "sftjobs", "-A") or {"items": []}
+    for item in listing["items"]:
+        meta = item["metadata"]
+        if meta.get("finalizers"):
+            kubectl("patch", "sftjob", meta["name"], "-n", meta["namespace"], "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}', check=False)
+
+
 def _wait_gone(kubectl, *args: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while _get(kubectl, *args) is not None:
@@ -167,14 +181,20 @@ def test_install_upgrade_uninstall(helm, kubectl, namespace, tmp_path):
         _adopt_crds(kubectl, "sft2", ns)
         helm("install", "sft2", str(CHART), "-n", ns, "--set", "crds.keep=false", "--wait=false")
         assert "helm.sh/resource-policy" not in (_get(kubectl, "crd", "sftjobs.sft.dev")["metadata"].get("annotations") or {})
-        # With crds.keep=false, uninstall deletes the CRDs.
+        # With crds.keep=false, uninstall deletes the CRDs, and with them every SFTJob in the cluster.
+        _release_sftjobs(kubectl)
         helm("uninstall", "sft2", "-n", ns, "--wait")
         for crd in CRDS:
             _wait_gone(kubectl, "crd", crd)
     finally:
         helm("uninstall", RELEASE, "-n", ns, check=False)
         helm("uninstall", "sft2", "-n", ns, check=False)
-        # Restore what the session's other tests expect: the generated SFTJob CRD, Established.
+        # Restore what the session's other tests expect: the generated SFTJob CRD, Established. A CRD
+        # still terminating would refuse the apply, so let its deletion finish first.
+        crd = _get(kubectl, "crd", "sftjobs.sft.dev")
+        if crd and crd["metadata"].get("deletionTimestamp"):
+            _release_sftjobs(kubectl)
+            _wait_gone(kubectl, "crd", "sftjobs.sft.dev")
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "sftjob.yaml"))
         kubectl("wait", "--for=condition=Established", "crd/sftjobs.sft.dev", "--timeout=60s")
 
