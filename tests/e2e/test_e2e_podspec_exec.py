@@ -113,8 +113,14 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api_port, **env}
         # A private mount namespace per process: the SA token at its in-cluster path, an /etc/hosts
         # that maps only the rank-0 name, a private /tmp. Nothing on the host changes.
+        # A venv that lives under /tmp would vanish behind the private /tmp: use TMPDIR then.
+        if Path(sys.prefix).resolve().is_relative_to("/tmp"):
+            full_env["TMPDIR"] = str(scratch)
+            private_tmp = ""
+        else:
+            private_tmp = f"mount --bind {scratch} /tmp && "
         script = (f"mount -t tmpfs none /run && mkdir -p {SA_PATH} /run/sft && cp {sa_dir}/* {SA_PATH}/ && "
-                  f"cp {config_dir}/* /run/sft/ && mount --bind {hosts} /etc/hosts && mount --bind {scratch} /tmp && "
+                  f"cp {config_dir}/* /run/sft/ && mount --bind {hosts} /etc/hosts && {private_tmp}"
                   f"exec {shlex.join(argv)}")
         log = open(tmp_path / f"rank{rank}.log", "w")
         procs.append((subprocess.Popen(["unshare", "-m", "sh", "-c", script], cwd=REPO / "examples", env=full_env,

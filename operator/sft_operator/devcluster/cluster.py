@@ -135,7 +135,7 @@ def _pids_referencing(state_dir: Path) -> list[int]:
     """Our component processes (one of the built binaries) whose command line names this state
     dir: found even if `up` was killed before it wrote their pidfile."""
     needle = str(state_dir.resolve()).encode()
-    binaries = {str(bin_dir() / c) for c in COMPONENTS}
+    binaries = {str((bin_dir() / c).resolve()) for c in COMPONENTS}  # exe links are resolved paths
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
