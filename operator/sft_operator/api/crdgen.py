@@ -52,9 +52,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         outer = {k: v for k, v in node.items() if k != "anyOf"}
         if len(options) == 1:
-            inner = _convert(options[0], defs)
-            outer.pop("default", None) if outer.get("default", 0) is None else None
-            return {**inner, **_convert({k: v for k, v in outer.items()}, defs)}
+            # Optional[X]: the schema of X plus the outer description/default (a None default is dropped).
+            return {**_convert(options[0], defs), **_convert(outer, defs)}
         types = sorted({o.get("type") for o in options})
         if types == ["integer", "string"]:  # resource quantities
             out = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}

@@ -215,10 +215,6 @@ def check_update(old_spec: Node, new_spec: Node) -> list[str]:
     ]
 
 
-def rules_at(path: str) -> list[Rule]:
-    return [r for r in RULES if r.path == path]
-
-
 def evaluate(document: Node) -> list[tuple[str, str]]:
     """Runs every Python predicate on a camelCase SFTJob document; returns (path, message) for failures.
 
