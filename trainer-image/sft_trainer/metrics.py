@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -23,6 +25,8 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 log = logging.getLogger(__name__)
 
 METRICS_PORT_ENV = "SFT_METRICS_PORT"
+FLUSH_SECONDS_ENV = "SFT_METRICS_FLUSH_SECONDS"
+DEFAULT_FLUSH_SECONDS = 35.0  # one scrape at the chart's slowest interval (30 s), plus its timeout
 DEFAULT_METRICS_PORT = 9400  # clear of Prometheus' own 9090 and node-exporter's 9100
 PEAK_FLOPS_ENV = "SFT_PEAK_FLOPS"
 BASE_LABELS = ("namespace", "sftjob")
@@ -125,11 +129,32 @@ def model_flops_per_token(model: Any, seq_len: int) -> float:
     return flops_per_token(n, layers, hidden, seq_len)
 
 
+class _ScrapeMarker:
+    """A collector that yields nothing and counts the scrapes it takes part in.
+
+    Registered first and last in the registry, its ``collect`` runs when a scrape starts and when
+    the scrape has read every gauge, which tells ``TrainerMetrics.flush`` that a complete scrape
+    happened after the final values were set.
+    """
+
+    def __init__(self, cond: threading.Condition, counter: list[int], index: int):
+        self._cond, self._counter, self._index = cond, counter, index
+
+    def collect(self):  # noqa: D401 - the prometheus_client collector protocol
+        with self._cond:
+            self._counter[self._index] += 1
+            self._cond.notify_all()
+        return iter(())
+
+
 class TrainerMetrics:
     """The trainer's gauges in a dedicated registry, pre-labelled with namespace and job."""
 
     def __init__(self, namespace: str, job: str, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        self._scrape_cond = threading.Condition()
+        self._scrapes = [0, 0]  # [started, finished reading]
+        self.registry.register(_ScrapeMarker(self._scrape_cond, self._scrapes, 0))
         self.labels = {"namespace": namespace or "local", "sftjob": job or "local"}
         self._gauges: dict[str, Gauge] = {}
         for name, (help_text, extra) in METRIC_DEFS.items():
@@ -140,8 +165,42 @@ class TrainerMetrics:
         for name, (_, extra) in METRIC_DEFS.items():
             if not extra:
                 self._g(name).set(0)
+        self.registry.register(_ScrapeMarker(self._scrape_cond, self._scrapes, 1))
         self.server: Any = None
         self.port: int | None = None
+
+    @property
+    def scrapes(self) -> int:
+        """Scrapes that have read every series so far."""
+        with self._scrape_cond:
+            return self._scrapes[1]
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until a scrape that started after this call has read every series.
+
+        A run's last values (the final checkpoint step, the test loss) are set seconds before the
+        process exits; without this, the last scrape before exit often predates them and
+        Prometheus never sees them. Nothing waits when /metrics is not served or nobody has ever
+        scraped it (``sftctl run`` without a Prometheus). ``timeout`` defaults to
+        ``SFT_METRICS_FLUSH_SECONDS`` (35 s). Returns whether such a scrape happened.
+        """
+        if self.server is None:
+            return False
+        if timeout is None:
+            timeout = float(os.environ.get(FLUSH_SECONDS_ENV, DEFAULT_FLUSH_SECONDS))
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._scrape_cond:
+            if self._scrapes[1] == 0:
+                return False
+            target = self._scrapes[0] + 1  # the first scrape to start from now on ...
+            while self._scrapes[1] < target:  # ... has read every series (scrapes run one at a time)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("no Prometheus scrape within %.0fs of the end; the last values may be missed", timeout)
+                    return False
+                self._scrape_cond.wait(left)
+        time.sleep(0.2)  # the response is written after the registry is read
+        return True
 
     def _g(self, name: str, **extra: str) -> Any:
         return self._gauges[name].labels(**self.labels, **extra)

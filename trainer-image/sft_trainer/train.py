@@ -120,6 +120,22 @@ class _CountingCollator:
         return self.real / self.slots if self.slots else None
 
 
+def _flush_metrics(callbacks: list[Any], rank: int) -> None:
+    """Hold /metrics open for one more scrape, so that Prometheus sees the run's last values.
+
+    Skipped after SIGTERM: the grace period belongs to the checkpoint.
+    """
+    if rank != 0:
+        return
+    if any(getattr(cb, "received", False) for cb in callbacks):
+        return
+    for cb in callbacks:
+        metrics = getattr(cb, "metrics", None)
+        if metrics is not None and hasattr(metrics, "flush"):
+            metrics.flush()
+            return
+
+
 def _time_budget_callback(seconds: float):
     from transformers import TrainerCallback
 
@@ -313,112 +329,115 @@ def train(
         callbacks.append(budget_cb)
     callbacks.extend(extra_callbacks or [])
 
-    trainer_cls = _trainer_class()
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(to_trl_rows(splits.train, cfg.loss_on)),
-        eval_dataset=eval_sets,
-        processing_class=tokenizer,
-        peft_config=cfg.lora_config(),
-        callbacks=callbacks,
-    )
-    from transformers.trainer_callback import PrinterCallback
+    try:
+        trainer_cls = _trainer_class()
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(to_trl_rows(splits.train, cfg.loss_on)),
+            eval_dataset=eval_sets,
+            processing_class=tokenizer,
+            peft_config=cfg.lora_config(),
+            callbacks=callbacks,
+        )
+        from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # raw dict prints; ProgressCallback writes the summary lines
-    if isinstance(trainer.eval_dataset, dict):
-        trainer.task_eval_datasets = {k: v for k, v in trainer.eval_dataset.items() if k != OVERALL}
-        trainer.eval_dataset = trainer.eval_dataset[OVERALL]
-    counting = _CountingCollator(trainer.data_collator)
-    trainer.data_collator = counting
-    if "seq_lengths" in trainer.train_dataset.column_names:
-        lengths = trainer.train_dataset["seq_lengths"]
-        result.row_fill = sum(sum(x) for x in lengths) / (len(lengths) * cfg.spec.training.max_seq_length)
+        trainer.remove_callback(PrinterCallback)  # raw dict prints; ProgressCallback writes the summary lines
+        if isinstance(trainer.eval_dataset, dict):
+            trainer.task_eval_datasets = {k: v for k, v in trainer.eval_dataset.items() if k != OVERALL}
+            trainer.eval_dataset = trainer.eval_dataset[OVERALL]
+        counting = _CountingCollator(trainer.data_collator)
+        trainer.data_collator = counting
+        if "seq_lengths" in trainer.train_dataset.column_names:
+            lengths = trainer.train_dataset["seq_lengths"]
+            result.row_fill = sum(sum(x) for x in lengths) / (len(lengths) * cfg.spec.training.max_seq_length)
 
-    phase("training")
-    t0 = time.monotonic()
-    out = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
-    result.train_seconds = time.monotonic() - t0
-    state = trainer.state
-    result.global_step, result.max_steps = state.global_step, state.max_steps
-    result.packing_efficiency = counting.efficiency
-    train_logs = [h for h in state.log_history if "loss" in h]
-    if train_logs:
-        result.train_loss = float(train_logs[-1]["loss"])
-    tokens = next((h["num_tokens"] for h in reversed(state.log_history) if "num_tokens" in h), None)
-    runtime = out.metrics.get("train_runtime") if out is not None else None
-    if tokens and runtime:
-        result.trained_tokens = float(tokens)
-        result.tokens_per_second = float(tokens) / float(runtime)
-    evals = [h for h in state.log_history if "eval_loss" in h]
-    if evals:
-        result.eval_loss = float(evals[-1]["eval_loss"])
-        result.eval_loss_by_task = {k[len("eval_"):-len("_loss")]: float(v) for k, v in evals[-1].items()
-                                    if k.startswith("eval_") and k.endswith("_loss") and k != "eval_loss"}
-    commit_cb = next((c for c in callbacks if type(c).__name__ == "CheckpointCommitCallback"), None)
-    if commit_cb is not None and commit_cb.last_commit:
-        result.checkpoint_uri = commit_cb.last_commit.get("uri")
+        phase("training")
+        t0 = time.monotonic()
+        out = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+        result.train_seconds = time.monotonic() - t0
+        state = trainer.state
+        result.global_step, result.max_steps = state.global_step, state.max_steps
+        result.packing_efficiency = counting.efficiency
+        train_logs = [h for h in state.log_history if "loss" in h]
+        if train_logs:
+            result.train_loss = float(train_logs[-1]["loss"])
+        tokens = next((h["num_tokens"] for h in reversed(state.log_history) if "num_tokens" in h), None)
+        runtime = out.metrics.get("train_runtime") if out is not None else None
+        if tokens and runtime:
+            result.trained_tokens = float(tokens)
+            result.tokens_per_second = float(tokens) / float(runtime)
+        evals = [h for h in state.log_history if "eval_loss" in h]
+        if evals:
+            result.eval_loss = float(evals[-1]["eval_loss"])
+            result.eval_loss_by_task = {k[len("eval_"):-len("_loss")]: float(v) for k, v in evals[-1].items()
+                                        if k.startswith("eval_") and k.endswith("_loss") and k != "eval_loss"}
+        commit_cb = next((c for c in callbacks if type(c).__name__ == "CheckpointCommitCallback"), None)
+        if commit_cb is not None and commit_cb.last_commit:
+            result.checkpoint_uri = commit_cb.last_commit.get("uri")
 
-    sigterm = next((c for c in callbacks if isinstance(c, SigtermCallback)), None)
-    if sigterm is not None and sigterm.received:
-        result.interrupted = True
-        result.exit_code = exit_codes.INTERRUPTED
-        result.message = f"stopped by SIGTERM at step {state.global_step} after committing a checkpoint"
+        sigterm = next((c for c in callbacks if isinstance(c, SigtermCallback)), None)
+        if sigterm is not None and sigterm.received:
+            result.interrupted = True
+            result.exit_code = exit_codes.INTERRUPTED
+            result.message = f"stopped by SIGTERM at step {state.global_step} after committing a checkpoint"
+            return result
+
+        # ---- final evaluation: test split (all ranks), then generation (rank 0, or all under ZeRO-3)
+        if splits.test:
+            phase("evaluating the test split")
+            test = trainer.evaluate(eval_dataset=Dataset.from_list(to_trl_rows(splits.test, cfg.loss_on)),
+                                    metric_key_prefix="test")
+            result.test_loss = test.get("test_loss")
+        gen_model = trainer.model
+        if rank == 0 or zero3:
+            phase("generating answers for the held-out and golden sets")
+            if measure_before:
+                result.exact_match_after = exact_match(gen_model, tokenizer, splits.test, synced_gpus=zero3)
+            if golden is not None:
+                result.golden_after = score_golden(gen_model, tokenizer, golden,
+                                                   max_new_tokens=cfg.spec.eval.golden_set.max_new_tokens,
+                                                   synced_gpus=zero3).to_dict()
+
+        # ---- export, loss curve, status
+        if cfg.output_uri:
+            phase(f"exporting the model to {cfg.output_uri}")
+            result.output_uri = export_model(trainer, tokenizer, cfg)
+        if rank == 0:
+            if cfg.checkpoints_uri:
+                from .plots import write_loss_curve
+
+                png = _join(cfg.checkpoints_uri, "loss.png")
+                try:
+                    result.loss_curve = write_loss_curve(state.log_history, png, title=f"{cfg.job_name}: loss",
+                                                         storage_options=storage_options_for(png, cfg.spec.storage))
+                except OSError as e:  # a missing plot must not fail a finished run
+                    log.warning("cannot write the loss curve to %s: %s", png, e)
+            evaluation: dict[str, Any] = {}
+            if result.golden_after is not None:
+                evaluation["goldenSetPassRate"] = result.golden_after["pass_rate"]
+            if result.test_loss is not None:
+                evaluation["testLoss"] = result.test_loss
+            if result.eval_loss_by_task:
+                evaluation["evalLossByTask"] = result.eval_loss_by_task
+            if evaluation:
+                for cb in callbacks:
+                    rep = getattr(cb, "reporter", None)
+                    if rep is not None:
+                        rep.report({"evaluation": evaluation})
+                        break
+            (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        _barrier()
+
+        if result.golden_after is not None and result.min_pass_rate is not None:
+            rate = result.golden_after["pass_rate"]
+            if rate < result.min_pass_rate:
+                result.exit_code = exit_codes.GOLDEN_REGRESSION
+                result.message = (f"GoldenSetRegression: golden-set pass rate {rate:.2%} < "
+                                  f"spec.eval.goldenSet.minPassRate {result.min_pass_rate:.2%}")
         return result
-
-    # ---- final evaluation: test split (all ranks), then generation (rank 0, or all under ZeRO-3)
-    if splits.test:
-        phase("evaluating the test split")
-        test = trainer.evaluate(eval_dataset=Dataset.from_list(to_trl_rows(splits.test, cfg.loss_on)),
-                                metric_key_prefix="test")
-        result.test_loss = test.get("test_loss")
-    gen_model = trainer.model
-    if rank == 0 or zero3:
-        phase("generating answers for the held-out and golden sets")
-        if measure_before:
-            result.exact_match_after = exact_match(gen_model, tokenizer, splits.test, synced_gpus=zero3)
-        if golden is not None:
-            result.golden_after = score_golden(gen_model, tokenizer, golden,
-                                               max_new_tokens=cfg.spec.eval.golden_set.max_new_tokens,
-                                               synced_gpus=zero3).to_dict()
-
-    # ---- export, loss curve, status
-    if cfg.output_uri:
-        phase(f"exporting the model to {cfg.output_uri}")
-        result.output_uri = export_model(trainer, tokenizer, cfg)
-    if rank == 0:
-        if cfg.checkpoints_uri:
-            from .plots import write_loss_curve
-
-            png = _join(cfg.checkpoints_uri, "loss.png")
-            try:
-                result.loss_curve = write_loss_curve(state.log_history, png, title=f"{cfg.job_name}: loss",
-                                                     storage_options=storage_options_for(png, cfg.spec.storage))
-            except OSError as e:  # a missing plot must not fail a finished run
-                log.warning("cannot write the loss curve to %s: %s", png, e)
-        evaluation: dict[str, Any] = {}
-        if result.golden_after is not None:
-            evaluation["goldenSetPassRate"] = result.golden_after["pass_rate"]
-        if result.test_loss is not None:
-            evaluation["testLoss"] = result.test_loss
-        if result.eval_loss_by_task:
-            evaluation["evalLossByTask"] = result.eval_loss_by_task
-        if evaluation:
-            for cb in callbacks:
-                rep = getattr(cb, "reporter", None)
-                if rep is not None:
-                    rep.report({"evaluation": evaluation})
-                    break
-        (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    _barrier()
-
-    if result.golden_after is not None and result.min_pass_rate is not None:
-        rate = result.golden_after["pass_rate"]
-        if rate < result.min_pass_rate:
-            result.exit_code = exit_codes.GOLDEN_REGRESSION
-            result.message = (f"GoldenSetRegression: golden-set pass rate {rate:.2%} < "
-                              f"spec.eval.goldenSet.minPassRate {result.min_pass_rate:.2%}")
-    return result
+    finally:
+        _flush_metrics(callbacks, rank)
 
 
 def export_model(trainer: Any, tokenizer: Any, cfg: ResolvedConfig) -> str:

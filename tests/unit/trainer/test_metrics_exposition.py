@@ -167,3 +167,73 @@ def test_busy_port_does_not_stop_training(caplog):
         cb.on_log(SimpleNamespace(), state, TrainerControl(), logs={"loss": 1.0})
     finally:
         first.shutdown()
+
+
+# ---- flush: the run's last values reach a scraper before the process exits
+
+def _scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def _value(text: str, name: str) -> float:
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name:
+                return s.value
+    raise AssertionError(f"{name} not exposed")
+
+
+def test_flush_returns_at_once_when_nothing_serves_or_nobody_scraped():
+    import time
+
+    m = TrainerMetrics("ns", "job")
+    t0 = time.monotonic()
+    assert m.flush(timeout=10) is False  # not served
+    port = m.serve(0, addr="127.0.0.1")
+    try:
+        assert m.flush(timeout=10) is False  # served, but never scraped: sftctl run without Prometheus
+        assert time.monotonic() - t0 < 2
+    finally:
+        m.shutdown()
+
+
+def test_flush_waits_for_a_scrape_that_reads_the_final_values():
+    import threading
+    import time
+
+    m = TrainerMetrics("ns", "job")
+    port = m.serve(0, addr="127.0.0.1")
+    try:
+        _scrape(port)  # a scraper is known to exist
+        assert m.scrapes == 1
+        m.observe_checkpoint(60, 1.5)  # the final commit, after that scrape
+        seen: list[float] = []
+
+        def scraper():
+            time.sleep(0.5)
+            seen.append(_value(_scrape(port), "sftjob_checkpoint_last_step"))
+
+        t = threading.Thread(target=scraper)
+        t.start()
+        t0 = time.monotonic()
+        assert m.flush(timeout=10) is True
+        waited = time.monotonic() - t0
+        t.join(5)
+        assert seen == [60.0]
+        assert 0.4 < waited < 5  # it waited for that scrape, and no longer
+    finally:
+        m.shutdown()
+
+
+def test_flush_gives_up_after_its_timeout_when_the_scraper_is_gone():
+    import time
+
+    m = TrainerMetrics("ns", "job")
+    port = m.serve(0, addr="127.0.0.1")
+    try:
+        _scrape(port)
+        t0 = time.monotonic()
+        assert m.flush(timeout=0.5) is False
+        assert 0.4 < time.monotonic() - t0 < 3
+    finally:
+        m.shutdown()
