@@ -49,6 +49,42 @@ def test_pod_failure_restarts_the_whole_gang(operator, sft, kwok_pods):
     assert f'sftoperator_restarts_total{{namespace="{sft.ns}",reason="PodFailed",sftjob="{name}"}} 1.0' in operator.metrics()
 
 
+def test_oom_killed_pod_is_named_in_the_failure(operator, sft, kwok_pods):
+    name = "oom"
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
+    pods = sft.running_pods(name, 1, 2)
+    sft.wait_phase(name, "Running")
+    victim = pods[0]
+    # what the kubelet writes for a container the kernel OOM-killed; the peer crashes with it
+    kwok_pods.fail(sft.ns, victim.metadata.name, exit_code=137, reason="OOMKilled", wait=False)
+    kwok_pods.fail(sft.ns, pods[1].metadata.name, exit_code=1, wait=False)
+
+    st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2")
+    assert st["restarts"] == 1 and st["preemptions"] == 0
+    lf = st["lastFailure"]
+    assert lf["reason"] == "OOMKilled" and lf["pod"] == victim.metadata.name and lf["exitCode"] == 137
+    assert lf["node"] == victim.spec.node_name and "OOMKilled" in lf["message"]
+    ev = [e for e in sft.wait_events(name, {"OOMKilled"}) if e.reason == "OOMKilled"]
+    assert ev and ev[0].type == "Warning" and victim.metadata.name in ev[0].message
+    sft.running_pods(name, 2, 2)
+    assert f'sftoperator_restarts_total{{namespace="{sft.ns}",reason="OOMKilled",sftjob="{name}"}} 1.0' in operator.metrics()
+
+
+def test_sigterm_exit_after_checkpoint_counts_as_preemption(operator, sft, kwok_pods):
+    """Exit 75: the trainer got SIGTERM (a drain, a manual delete) and committed a checkpoint first."""
+    name = "sigterm"
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=1, failurePolicy={"maxRestarts": 0}))
+    [p1] = sft.running_pods(name, 1, 1)
+    sft.wait_phase(name, "Running")
+    kwok_pods.fail(sft.ns, p1.metadata.name, exit_code=75, wait=False)
+    st = sft.wait(name, lambda s: s.get("attempt") == 2, 30, "attempt 2")
+    # not a restart: maxRestarts 0 would have failed the job
+    assert st["preemptions"] == 1 and st["restarts"] == 0 and st["phase"] != "Failed"
+    assert st["lastFailure"]["reason"] == "Interrupted" and st["lastFailure"]["exitCode"] == 75
+    sft.running_pods(name, 2, 1)
+    assert sft.wait_phase(name, "Running")["attempt"] == 2
+
+
 def test_eviction_counts_as_preemption(operator, sft, kwok_pods):
     name = "evicted"
     sft.apply(sftjob_manifest(name, nodes=2, gpus=1))

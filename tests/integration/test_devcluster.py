@@ -145,9 +145,19 @@ def test_failed_pod_carries_exit_code_and_job_pod_failure_policy_sees_it(kube_ap
     failed = kwok_pods.fail(namespace, pods[0].metadata.name, exit_code=42)
     assert failed.status.phase == "Failed"
     assert failed.status.container_statuses[0].state.terminated.exit_code == 42
+    assert failed.status.container_statuses[0].state.terminated.reason == "Error"
     cond = _wait(lambda: _job_condition(batch, namespace, "cfgerr", "Failed"), 60, "Job cfgerr to fail")
     assert cond.reason == "PodFailurePolicy"
     assert "42" in cond.message
+
+
+def test_failed_pod_can_be_oom_killed(kube_api, namespace, kwok_pods):
+    batch = client.BatchV1Api(kube_api)
+    batch.create_namespaced_job(namespace, _indexed_job("oom", 1, None))
+    (pod,) = kwok_pods.wait_for_pods(namespace, "job-name=oom", count=1, timeout=60)
+    failed = kwok_pods.fail(namespace, pod.metadata.name, exit_code=137, reason="OOMKilled")
+    term = failed.status.container_statuses[0].state.terminated
+    assert failed.status.phase == "Failed" and term.exit_code == 137 and term.reason == "OOMKilled"
 
 
 @pytest.mark.parametrize("outcome,reason", [("preempt", "PreemptionByScheduler"), ("evict", "EvictionByEvictionAPI")])

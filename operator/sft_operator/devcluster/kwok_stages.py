@@ -8,11 +8,14 @@ selectors are mutually exclusive.
 
 Outcomes (annotation ``sft.dev/kwok-outcome``):
   succeed     -> phase Succeeded, every container terminated with exit code 0
-  fail        -> phase Failed, containers terminated with ``sft.dev/kwok-exit-code`` (default 1)
+  fail        -> phase Failed, containers terminated with ``sft.dev/kwok-exit-code`` (default 1) and
+                 the termination reason ``sft.dev/kwok-reason`` (default Error; OOMKilled as the kubelet
+                 writes it for an OOM-killed container)
   preempt     -> phase Failed, condition DisruptionTarget=True reason PreemptionByScheduler, exit 137
   evict       -> phase Failed, condition DisruptionTarget=True reason EvictionByEvictionAPI, exit 137
 Optional ``sft.dev/kwok-delay`` (a Go duration such as "5s") delays the outcome;
-``sft.dev/kwok-reason`` overrides the DisruptionTarget reason (e.g. DeletionByTaintManager).
+``sft.dev/kwok-reason`` overrides the DisruptionTarget reason (e.g. DeletionByTaintManager) of
+preempt and evict, and the containers' termination reason of fail.
 """
 
 from __future__ import annotations
@@ -345,8 +348,8 @@ POD_SUCCEED = _outcome_stage(
 POD_FAIL = _outcome_stage(
     "sft-pod-fail",
     ["fail"],
-    _TERMINATED.format(exit_annotation=EXIT_CODE_ANNOTATION, default_exit="1", reason_annotation="sft.dev/none",
-                       default_reason="", container_reason="Error")
+    _TERMINATED.format(exit_annotation=EXIT_CODE_ANNOTATION, default_exit="1", reason_annotation=REASON_ANNOTATION,
+                       default_reason="Error", container_reason="{{ $reason | Quote }}")
     + """\
       conditions:
       - lastTransitionTime: {{ $now | Quote }}

@@ -49,8 +49,11 @@ class PodDriver:
         return self.wait_for_phase(namespace, name, "Succeeded", timeout) if wait else None
 
     def fail(self, namespace: str, name: str, exit_code: int = 1, wait: bool = True,
-             timeout: float = 30) -> client.V1Pod:
-        self.set_outcome(namespace, name, "fail", exit_code=exit_code)
+             timeout: float = 30, reason: str | None = None) -> client.V1Pod:
+        """Terminate the pod's containers with ``exit_code``; ``reason`` is the containers'
+        termination reason (default ``Error``; ``OOMKilled`` with 137 is what the kubelet writes
+        when the kernel OOM-kills a container)."""
+        self.set_outcome(namespace, name, "fail", exit_code=exit_code, reason=reason)
         return self.wait_for_phase(namespace, name, "Failed", timeout) if wait else None
 
     def preempt(self, namespace: str, name: str, reason: str = "PreemptionByScheduler", wait: bool = True,
