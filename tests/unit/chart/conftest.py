@@ -1,4 +1,5 @@
-"""Fixtures for the Helm chart tests: the pinned helm binary and a `render` helper."""
+"""Fixtures for the Helm chart tests: the pinned helm binaries (3 and 4; every test runs under both)
+and a `render` helper."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "sft-operator"
 
 
+@pytest.fixture(scope="session", params=[3, 4], ids=["helm3", "helm4"])
+def helm_major(request) -> int:
+    """The helm major every chart test runs under: users run helm 3 and helm 4 (README "Helm versions")."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def helm_bin() -> str:
+def helm_bin(helm_major) -> str:
     from sft_operator.devcluster.tools import helm
 
-    return str(helm())
+    return str(helm(helm_major))
 
 
 @pytest.fixture(scope="session")
