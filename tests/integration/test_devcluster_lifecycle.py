@@ -8,6 +8,8 @@ import io
 import json
 import os
 import random
+import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -57,6 +59,15 @@ def test_user_flow_idempotent_up_crash_and_down(tmp_path, devcluster_bin):
         up = _cli("up", "--nodes", "1", "--gpus-per-node", "4", "--port-base", str(base), "--state-dir", str(state))
         assert up.returncode == 0, up.stderr
         assert f"https://127.0.0.1:{base}" in up.stdout and "export KUBECONFIG=" in up.stdout
+        # The PATH it prints puts the pinned kubectl and helm first.
+        path_line = next(ln for ln in up.stdout.splitlines() if "export PATH=" in ln)
+        path = shlex.split(path_line.split("export PATH=", 1)[1].split("#")[0])[0].removesuffix(":$PATH")
+        for tool, want in (("kubectl", "Client Version: v1.37"), ("helm", "v4.")):
+            exe = shutil.which(tool, path=path)
+            assert exe, f"{tool} not on the printed PATH {path}"
+            out = subprocess.run([exe, "version", "--client"] if tool == "kubectl" else [exe, "version", "--short"],
+                                 capture_output=True, text=True, timeout=30).stdout
+            assert want in out, out
         env = _cli("env", "--state-dir", str(state))
         assert f"export KUBECONFIG={state.resolve() / 'kubeconfig'}" in env.stdout
         shell = (f'eval "$({sys.executable} -m sft_operator.devcluster.cli env --state-dir {state})" && '

@@ -14,7 +14,7 @@ import typer
 from sft_operator.devcluster import build as build_mod
 from sft_operator.devcluster.build import BuildError
 from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports
-from sft_operator.devcluster.tools import ToolError, kubectl
+from sft_operator.devcluster.tools import ToolError, helm, kubectl
 
 app = typer.Typer(help="A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler) "
                        "with kwok GPU nodes. No Docker needed.", no_args_is_help=True)
@@ -51,7 +51,13 @@ def up(
     typer.echo(f"kubeconfig: {info.kubeconfig}")
     typer.echo("use it with:")
     typer.echo(f"  export KUBECONFIG={shlex.quote(str(info.kubeconfig))}")
-    typer.echo(f"  export PATH={shlex.quote(str(kubectl().parent))}:$PATH   # kubectl and helm from the venv")
+    dirs = [str(kubectl().parent)]
+    try:
+        dirs.append(str(helm().parent))  # extracted once from its pinned wheel, then cached
+        what = "the pinned kubectl and helm"
+    except ToolError:
+        what = "the pinned kubectl"
+    typer.echo(f"  export PATH={shlex.quote(':'.join(dirs))}:$PATH   # {what}")
     typer.echo("  kubectl get nodes")
 
 
