@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from . import exit_codes
@@ -28,8 +29,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sft_trainer", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=os.environ.get("SFT_CONFIG", DEFAULT_CONFIG),
                    help=f"SFTJob YAML (default {DEFAULT_CONFIG})")
-    p.add_argument("--workdir", default=os.environ.get("SFT_WORKDIR", "/tmp/sft-work"),
-                   help="local scratch directory for checkpoints before upload, resume downloads, reports")
+    p.add_argument("--workdir", default=os.environ.get("SFT_WORKDIR") or os.path.join(tempfile.gettempdir(), "sft-work"),
+                   help="local scratch directory for checkpoints before upload, resume downloads, reports "
+                        "(default SFT_WORKDIR, else sft-work in TMPDIR or /tmp: the pod's scratch volume)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus /metrics port on rank 0 (default SFT_METRICS_PORT or 9400)")
     return p.parse_args(argv)
@@ -92,8 +94,8 @@ def launch(args: argparse.Namespace) -> int:
     topo = Topology.from_env(job.spec.workers.gpus_per_node)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    for f in workdir.glob("exit-code-rank*"):
-        f.unlink()
+    for f in workdir.glob("exit-code-rank*"):  # a previous attempt's, on a reused scratch volume
+        f.unlink(missing_ok=True)
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={topo.nnodes}", f"--node_rank={topo.node_rank}", f"--nproc_per_node={topo.nproc_per_node}",

@@ -174,6 +174,19 @@ def _trainer_class():
         task_eval_datasets: dict[str, Any] = {}
         _pending: dict[str, float] = {}
 
+        def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+            """Training rows packed in data order (packing.py), not TRL's length-sorted BFD, whose
+            rows hold one task each when length follows the task; evaluation sets keep TRL's."""
+            from datasets import Dataset
+
+            from .packing import pack_mixed
+
+            mixed = (dataset_name == "train" and packing and args.packing_strategy == "bfd"
+                     and isinstance(dataset, Dataset))
+            out = super()._prepare_dataset(dataset, processing_class, args, packing and not mixed,
+                                           formatting_func, dataset_name)
+            return pack_mixed(out, args.max_length) if mixed else out
+
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             per_task: dict[str, float] = {}
             if eval_dataset is None and metric_key_prefix == "eval":
