@@ -132,6 +132,7 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
         except subprocess.TimeoutExpired:
             for q, _ in procs:
                 q.kill()
+                q.wait(10)
         log.close()
     logs = [(tmp_path / f"rank{r}.log").read_text() for r in range(2)]
     for r, (p, _) in enumerate(procs):
