@@ -161,6 +161,15 @@ def resolved_config(body: Mapping, namespace: str) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+SHUTDOWN_MARGIN_SECONDS = 15
+
+
+def shutdown_timeout(grace_seconds: int) -> int:
+    """Seconds torchrun waits for SIGTERMed workers before SIGKILL: the grace period less a margin."""
+    return max(1, int(grace_seconds) - SHUTDOWN_MARGIN_SECONDS) if grace_seconds > 2 * SHUTDOWN_MARGIN_SECONDS \
+        else max(1, int(grace_seconds) // 2)
+
+
 def _env(name: str, namespace: str, attempt: int, spec: Mapping, settings: OperatorSettings, svc: str, jname: str) -> list[dict]:
     workers = spec.get("workers") or {}
     nodes = int(workers.get("nodes") or 1)
@@ -188,6 +197,10 @@ def _env(name: str, namespace: str, attempt: int, spec: Mapping, settings: Opera
         {"name": "SFT_RESUME", "value": "latest" if attempt > 1 else "auto"},
         {"name": "SFT_METRICS_PORT", "value": str(settings.trainer_metrics_port)},
         {"name": "SFT_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        # torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless told otherwise; give
+        # them the pod's grace period (less a margin for the launcher to collect their exit codes)
+        # to finish the step, save and commit a checkpoint of a large model.
+        {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(shutdown_timeout(settings.termination_grace_seconds))},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
     ]

@@ -104,6 +104,8 @@ def test_pod_shape():
     assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"rendezvous": 29500, "metrics": 9400}
     assert ps["terminationGracePeriodSeconds"] == 900
+    # torchrun gets the grace period (less a margin) to let workers checkpoint, not its own 30 s
+    assert env_of(objs)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == "885"
     assert ps["serviceAccountName"] == "demo-trainer" and ps["subdomain"] == "demo-a1"
 
 
@@ -167,3 +169,11 @@ def test_every_example_renders_from_the_model(path):
     assert by_kind(objs)["Job"]["spec"]["parallelism"] == job.spec.workers.nodes
     env = env_of(objs)
     assert int(env["WORLD_SIZE"]["value"]) == job.spec.workers.nodes * max(job.spec.workers.gpus_per_node, 1)
+
+
+@pytest.mark.parametrize("grace,timeout", [(600, 585), (900, 885), (31, 16), (30, 15), (10, 5), (1, 1), (0, 1)])
+def test_torchrun_shutdown_timeout_fits_in_the_grace_period(grace, timeout):
+    from sft_operator.children import shutdown_timeout
+
+    assert shutdown_timeout(grace) == timeout
+    assert grace == 0 or shutdown_timeout(grace) < grace or grace == 1
