@@ -4,8 +4,10 @@ defaults, on the same data and the same tiny model, in the same run of this scri
     python bench/trainer_throughput.py [--baseline-steps 120] [--ours-steps 120] [--rows 4000]
 
 Run it once as is (each side's defaults, including our single intra-op thread for the tiny CPU
-model) and once with OMP_NUM_THREADS=1 --out bench/results/trainer_throughput_1thread.json (the
-same thread count on both sides: the packing/padding difference alone).
+model), then with OMP_NUM_THREADS=1 --out bench/results/trainer_throughput_1thread.json and
+OMP_NUM_THREADS=2 --out bench/results/trainer_throughput_2threads.json (the same thread count on both
+sides: the packing/padding difference alone). Run it on an otherwise idle machine: with 2 threads,
+TRL's default side slows down several times when other processes share the cores.
 
 Each side runs in its own subprocess (clean peak-memory figures, no shared state). Reports trained
 (non-pad) tokens per second for each and their ratio, packing efficiency (non-pad share of the
