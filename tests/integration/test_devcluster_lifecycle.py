@@ -71,12 +71,14 @@ def test_user_flow_idempotent_up_crash_and_down(tmp_path, devcluster_bin):
         env = _cli("env", "--state-dir", str(state))
         assert f"export KUBECONFIG={state.resolve() / 'kubeconfig'}" in env.stdout
         shell = (f'eval "$({sys.executable} -m sft_operator.devcluster.cli env --state-dir {state})" && '
+                 "helm version --short && "
                  f"kubectl apply --server-side -f {REPO / 'crds' / 'sftjob.yaml'} >/dev/null && "
                  "kubectl wait --for=condition=Established crd/sftjobs.sft.dev >/dev/null && "
                  f"kubectl apply -f {REPO / 'examples' / 'quickstart.yaml'} && kubectl get sft")
         flow = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
         assert flow.returncode == 0, flow.stderr
         assert "sftjob.sft.dev/quickstart created" in flow.stdout
+        assert flow.stdout.startswith("v4."), flow.stdout  # helm, from the PATH that `env` printed
         assert flow.stdout.splitlines()[-2].split()[:3] == ["NAME", "PHASE", "STEP"]
         assert flow.stdout.splitlines()[-1].split()[0] == "quickstart"
         st = _cli("status", "--json", "--state-dir", str(state))

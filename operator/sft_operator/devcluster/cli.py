@@ -28,6 +28,20 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(1)
 
 
+def _tools_path() -> str:
+    """The directories of the pinned kubectl and helm (helm is extracted once from its wheel, then
+    cached), joined for PATH; those that cannot be found are left out."""
+    dirs: list[str] = []
+    for tool in (kubectl, helm):
+        try:
+            d = str(tool().parent)
+        except ToolError:
+            continue
+        if d not in dirs:
+            dirs.append(d)
+    return ":".join(dirs)
+
+
 @app.command()
 def up(
     nodes: int = typer.Option(4, min=0, help="Number of kwok GPU nodes."),
@@ -51,13 +65,9 @@ def up(
     typer.echo(f"kubeconfig: {info.kubeconfig}")
     typer.echo("use it with:")
     typer.echo(f"  export KUBECONFIG={shlex.quote(str(info.kubeconfig))}")
-    dirs = [str(kubectl().parent)]
-    try:
-        dirs.append(str(helm().parent))  # extracted once from its pinned wheel, then cached
-        what = "the pinned kubectl and helm"
-    except ToolError:
-        what = "the pinned kubectl"
-    typer.echo(f"  export PATH={shlex.quote(':'.join(dirs))}:$PATH   # {what}")
+    path = _tools_path()
+    if path:
+        typer.echo(f"  export PATH={shlex.quote(path)}:$PATH   # the pinned kubectl and helm")
     typer.echo("  kubectl get nodes")
 
 
@@ -110,10 +120,9 @@ def env(state_dir: Optional[Path] = StateDir) -> None:
     if c.load_config() is None:
         _fail(ClusterError(f"no dev cluster in {c.state_dir} (run `sftctl dev-cluster up`)"))
     typer.echo(f"export KUBECONFIG={shlex.quote(str(c.kubeconfig))}")
-    try:
-        typer.echo(f"export PATH={shlex.quote(str(kubectl().parent))}:$PATH")
-    except ToolError:
-        pass
+    path = _tools_path()
+    if path:
+        typer.echo(f"export PATH={shlex.quote(path)}:$PATH")
 
 
 @app.command("build")
