@@ -165,9 +165,12 @@ SHUTDOWN_MARGIN_SECONDS = 15
 
 
 def shutdown_timeout(grace_seconds: int) -> int:
-    """Seconds torchrun waits for SIGTERMed workers before SIGKILL: the grace period less a margin."""
-    return max(1, int(grace_seconds) - SHUTDOWN_MARGIN_SECONDS) if grace_seconds > 2 * SHUTDOWN_MARGIN_SECONDS \
-        else max(1, int(grace_seconds) // 2)
+    """Seconds torchrun waits for SIGTERMed workers before SIGKILL: the grace period less a margin
+    (half of it when the grace period is too short for the margin), at least 1."""
+    grace = int(grace_seconds)
+    if grace > 2 * SHUTDOWN_MARGIN_SECONDS:
+        return grace - SHUTDOWN_MARGIN_SECONDS
+    return max(1, grace // 2)
 
 
 def _env(name: str, namespace: str, attempt: int, spec: Mapping, settings: OperatorSettings, svc: str, jname: str) -> list[dict]:

@@ -125,15 +125,13 @@ def _flush_metrics(callbacks: list[Any], rank: int) -> None:
 
     Skipped after SIGTERM: the grace period belongs to the checkpoint.
     """
-    if rank != 0:
+    from .callbacks import PrometheusMetricsCallback, SigtermCallback
+
+    if rank != 0 or any(isinstance(cb, SigtermCallback) and cb.received for cb in callbacks):
         return
-    if any(getattr(cb, "received", False) for cb in callbacks):
-        return
-    for cb in callbacks:
-        metrics = getattr(cb, "metrics", None)
-        if metrics is not None and hasattr(metrics, "flush"):
-            metrics.flush()
-            return
+    prom = next((cb for cb in callbacks if isinstance(cb, PrometheusMetricsCallback)), None)
+    if prom is not None:
+        prom.metrics.flush()
 
 
 def _time_budget_callback(seconds: float):

@@ -176,4 +176,4 @@ def test_torchrun_shutdown_timeout_fits_in_the_grace_period(grace, timeout):
     from sft_operator.children import shutdown_timeout
 
     assert shutdown_timeout(grace) == timeout
-    assert grace == 0 or shutdown_timeout(grace) < grace or grace == 1
+    assert timeout < grace or grace <= 1  # the launcher keeps time to collect the exit codes

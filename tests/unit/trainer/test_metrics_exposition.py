@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.request
 from types import SimpleNamespace
 
@@ -183,57 +185,47 @@ def _value(text: str, name: str) -> float:
     raise AssertionError(f"{name} not exposed")
 
 
-def test_flush_returns_at_once_when_nothing_serves_or_nobody_scraped():
-    import time
-
+@pytest.fixture
+def served():
+    """TrainerMetrics serving /metrics on a free local port; shut down afterwards."""
     m = TrainerMetrics("ns", "job")
+    port = m.serve(0, addr="127.0.0.1")
+    yield m, port
+    m.shutdown()
+
+
+def test_flush_returns_at_once_when_nothing_serves_or_nobody_scraped(served):
+    m, _ = served
     t0 = time.monotonic()
-    assert m.flush(timeout=10) is False  # not served
-    port = m.serve(0, addr="127.0.0.1")
-    try:
-        assert m.flush(timeout=10) is False  # served, but never scraped: sftctl run without Prometheus
-        assert time.monotonic() - t0 < 2
-    finally:
-        m.shutdown()
+    assert TrainerMetrics("ns", "job").flush(timeout=10) is False  # not served
+    assert m.flush(timeout=10) is False  # served, but never scraped: sftctl run without Prometheus
+    assert time.monotonic() - t0 < 2
 
 
-def test_flush_waits_for_a_scrape_that_reads_the_final_values():
-    import threading
-    import time
+def test_flush_waits_for_a_scrape_that_reads_the_final_values(served):
+    m, port = served
+    _scrape(port)  # a scraper is known to exist
+    assert m.scrapes == 1
+    m.observe_checkpoint(60, 1.5)  # the final commit, after that scrape
+    seen: list[float] = []
 
-    m = TrainerMetrics("ns", "job")
-    port = m.serve(0, addr="127.0.0.1")
-    try:
-        _scrape(port)  # a scraper is known to exist
-        assert m.scrapes == 1
-        m.observe_checkpoint(60, 1.5)  # the final commit, after that scrape
-        seen: list[float] = []
+    def scraper():
+        time.sleep(0.5)
+        seen.append(_value(_scrape(port), "sftjob_checkpoint_last_step"))
 
-        def scraper():
-            time.sleep(0.5)
-            seen.append(_value(_scrape(port), "sftjob_checkpoint_last_step"))
-
-        t = threading.Thread(target=scraper)
-        t.start()
-        t0 = time.monotonic()
-        assert m.flush(timeout=10) is True
-        waited = time.monotonic() - t0
-        t.join(5)
-        assert seen == [60.0]
-        assert 0.4 < waited < 5  # it waited for that scrape, and no longer
-    finally:
-        m.shutdown()
+    t = threading.Thread(target=scraper)
+    t.start()
+    t0 = time.monotonic()
+    assert m.flush(timeout=10) is True
+    waited = time.monotonic() - t0
+    t.join(5)
+    assert seen == [60.0]
+    assert 0.4 < waited < 5  # it waited for that scrape, and no longer
 
 
-def test_flush_gives_up_after_its_timeout_when_the_scraper_is_gone():
-    import time
-
-    m = TrainerMetrics("ns", "job")
-    port = m.serve(0, addr="127.0.0.1")
-    try:
-        _scrape(port)
-        t0 = time.monotonic()
-        assert m.flush(timeout=0.5) is False
-        assert 0.4 < time.monotonic() - t0 < 3
-    finally:
-        m.shutdown()
+def test_flush_gives_up_after_its_timeout_when_the_scraper_is_gone(served):
+    m, port = served
+    _scrape(port)
+    t0 = time.monotonic()
+    assert m.flush(timeout=0.5) is False
+    assert 0.4 < time.monotonic() - t0 < 3
