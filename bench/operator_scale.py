@@ -158,14 +158,14 @@ def main() -> int:
 
     from kubernetes import client, config
 
-    from sft_operator.devcluster import kwok_stages as ks
+    from sft_dev import kwok_stages as ks
 
     load_start = round(os.getloadavg()[0], 2)  # the machine is shared: record how busy it was
     cluster = None
     if args.kubeconfig:
         kubeconfig = Path(args.kubeconfig)
     else:
-        from sft_operator.devcluster.cluster import DevCluster, Ports
+        from sft_dev.cluster import DevCluster, Ports
 
         state = Path(tempfile.mkdtemp(prefix="sft-bench-"))
         cluster = DevCluster(state)
@@ -175,7 +175,7 @@ def main() -> int:
         kubeconfig = Path(info.kubeconfig)
     op = None
     try:
-        from sft_operator.devcluster.tools import kubectl
+        from sft_dev.tools import kubectl
 
         kc = [str(kubectl()), "--kubeconfig", str(kubeconfig)]
         subprocess.run([*kc, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "sftjob.yaml")], check=True, capture_output=True)

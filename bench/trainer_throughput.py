@@ -117,7 +117,7 @@ def run_baseline(steps: int, rows: int, workdir: Path) -> dict:
 def run_ours(steps: int, rows: int, workdir: Path) -> dict:
     import torch
 
-    from sft_operator.api import SFTJob
+    from sft_api import SFTJob
     from sft_trainer.train import train
 
     cuda = torch.cuda.is_available()

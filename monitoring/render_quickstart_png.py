@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         url, ns, start, end = args.prometheus, args.namespace, args.start, args.end
         counts = render(url, ns, args.sftjob, start, end, args.out)
     else:
-        from sft_operator.devcluster.prom import start_prometheus
+        from sft_dev.prom import start_prometheus
 
         workdir = Path(tempfile.mkdtemp(prefix="sft-quickstart-png-"))
         prom = start_prometheus([], state_dir=workdir / "prometheus")

@@ -5,4 +5,4 @@
 # Needs only python3 and Go (not the venv), so CI can run it in parallel with scripts/venv.sh.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHONPATH="$root/operator${PYTHONPATH:+:$PYTHONPATH}" exec "${SFT_PYTHON:-python3}" -m sft_operator.devcluster.build "$@"
+PYTHONPATH="$root/dev${PYTHONPATH:+:$PYTHONPATH}" exec "${SFT_PYTHON:-python3}" -m sft_dev.build "$@"

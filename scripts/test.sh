@@ -10,7 +10,7 @@ log="$(mktemp -d)"
 start=$(date +%s)
 
 # The Go build needs only the standard library and Go, so it runs alongside the pip install.
-PYTHONPATH="$root/operator" python3 -m sft_operator.devcluster.build >"$log/build.out" 2>"$log/build.err" &
+PYTHONPATH="$root/dev" python3 -m sft_dev.build >"$log/build.out" 2>"$log/build.err" &
 build_pid=$!
 venv="$(bash scripts/venv.sh)"
 echo "python env ready: $venv ($(( $(date +%s) - start ))s)"
@@ -30,7 +30,7 @@ fi
 cat "$log/build.out"
 echo "binaries ready ($(( $(date +%s) - start ))s)"
 
-"$venv/bin/python" -m sft_operator.api.crdgen --check
+"$venv/bin/python" -m sft_api.crdgen --check
 export PATH="$venv/bin:$PATH"
 set +e
 "$venv/bin/pytest" "${@:-tests}"

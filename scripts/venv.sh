@@ -23,11 +23,15 @@ if [ "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 # The editable install points at one clone; re-point it cheaply when a different clone uses the venv.
 if ! "$venv/bin/python" - "$root" <<'PY' 2>/dev/null
-import sys, sft_operator, sft_trainer
+import sys, sft_api, sft_operator, sft_trainer
 root = sys.argv[1].rstrip("/") + "/"
-sys.exit(0 if sft_operator.__file__.startswith(root) and sft_trainer.__file__.startswith(root) else 1)
+sys.exit(0 if all(m.__file__.startswith(root) for m in (sft_api, sft_operator, sft_trainer)) else 1)
 PY
 then
   "$venv/bin/pip" install --quiet --no-deps -e "$root" >&2
 fi
+# The dev tooling (dev cluster, pytest plugin) is not part of the wheel or the images; a checkout's venv
+# sees it through a .pth file that points at this clone's dev/ directory.
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+[ "$(cat "$site/sft-dev.pth" 2>/dev/null)" = "$root/dev" ] || echo "$root/dev" > "$site/sft-dev.pth"
 echo "$venv"

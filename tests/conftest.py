@@ -1,2 +1,2 @@
 # Fixtures for tests against real servers on 127.0.0.1 (dev cluster, SeaweedFS S3, Prometheus).
-pytest_plugins = ["sft_operator.devcluster.pytest_plugin"]
+pytest_plugins = ["sft_dev.pytest_plugin"]

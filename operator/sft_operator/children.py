@@ -12,6 +12,7 @@ import hashlib
 from typing import Any, Mapping
 
 import yaml
+from sft_api.contract import GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, PLURAL, QUEUE_LABEL, VERSION
 
 from .conditions import NON_RETRYABLE_EXIT_CODES
 from .rbac import trainer_rules
@@ -35,10 +36,6 @@ __all__ = [
     "KIND",
 ]
 
-GROUP, VERSION, PLURAL, KIND = "sft.dev", "v1alpha1", "sftjobs", "SFTJob"
-LABEL_JOB = "sft.dev/job-name"
-LABEL_ATTEMPT = "sft.dev/attempt"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/sft"
 CONFIG_FILE = "job.yaml"
@@ -142,7 +139,7 @@ def _resources(workers: Mapping, settings: OperatorSettings) -> dict:
 def _resolve_spec(spec: Mapping) -> dict:
     """The spec with every default filled in (what the trainer will run), when it validates."""
     try:
-        from .api.models import SFTJobSpec
+        from sft_api.models import SFTJobSpec
 
         return SFTJobSpec.model_validate(dict(spec)).model_dump(by_alias=True, exclude_none=True, mode="json")
     except Exception:  # invalid specs never reach a pod (reconcile fails them first); render as given

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +13,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from .api import SFTJob, SFTJobLoadError, load_document, validate_document
+from sft_api import SFTJob, SFTJobLoadError, load_document, validate_document
 
 app = typer.Typer(
     help="sftctl: supervised fine-tuning jobs (SFTJob, sft.dev/v1alpha1) on Kubernetes and on this machine.",
@@ -96,32 +99,40 @@ def run(
 ) -> None:
     """Train an SFTJob on this machine (the CPU quickstart, or a GPU box), with the same trainer as the pods."""
     _load_valid(file)
+    # The trainer is reached through its public entry point, never imported: the operator package
+    # does not depend on the trainer's, and `sftctl run` behaves exactly like `python -m sft_trainer.local`.
+    if importlib.util.find_spec("sft_trainer") is None:  # the [trainer] extra is not installed
+        err.print("[red]✗[/] sftctl run needs the trainer: pip install 'sft-operator[trainer]'")
+        raise typer.Exit(1)
+    argv = [sys.executable, "-m", "sft_trainer.local", str(file)]
+    for flag, value in (("--max-steps", max_steps), ("--time-budget", time_budget), ("--workdir", workdir),
+                        ("--metrics-port", metrics_port)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if not measure:
+        argv.append("--no-measure")
+    child = subprocess.Popen(argv)
+    # Ctrl-C reaches the child too (same process group); it stops with a committed checkpoint, so wait.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        from sft_trainer import run_local
-    except ImportError as exc:  # the [trainer] extra is not installed
-        err.print(f"[red]✗[/] sftctl run needs the trainer: pip install 'sft-operator[trainer]' ({exc})")
-        raise typer.Exit(1) from None
-    overrides = {
-        "max_steps": max_steps,
-        "time_budget": time_budget,
-        "workdir": str(workdir) if workdir else None,
-        "metrics_port": metrics_port,
-        "measure": measure,
-    }
-    raise typer.Exit(run_local(file, overrides={k: v for k, v in overrides.items() if v is not None}))
+        code = child.wait()
+        code = 128 - code if code < 0 else code  # killed by a signal: the shell convention
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    raise typer.Exit(code)
 
 
 @app.command("crd")
 def crd_cmd() -> None:
     """Print the SFTJob CustomResourceDefinition generated from the API models."""
-    from .api.crdgen import render_crd_yaml
+    from sft_api.crdgen import render_crd_yaml
 
     sys.stdout.write(render_crd_yaml())
 
 
 def _mount_dev_cluster() -> None:
     try:
-        from .devcluster.cli import app as dev_cluster_app
+        from sft_dev.cli import app as dev_cluster_app  # a checkout only: dev tooling is not in the wheel
     except ImportError:
         return
     app.add_typer(dev_cluster_app, name="dev-cluster")

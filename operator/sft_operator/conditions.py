@@ -6,87 +6,19 @@ A condition is rewritten only when its status, reason or message changes, so tha
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Iterable
 
-from sft_trainer import exit_codes as _exit
+from sft_api.contract import DISRUPTION_REASONS, INTERRUPTED, NON_RETRYABLE_REASONS, CondType, Phase, Reason
 
-__all__ = ["Phase", "CondType", "Reason", "set_condition", "get_condition", "truncate", "NON_RETRYABLE_EXIT_CODES"]
+__all__ = ["Phase", "CondType", "Reason", "set_condition", "get_condition", "truncate", "NON_RETRYABLE_EXIT_CODES",
+           "INTERRUPTED_EXIT_CODE", "DISRUPTION_REASONS"]
 
 MAX_MESSAGE = 1024  # Event messages are capped by the apiserver; keep conditions readable too
 
-
-class _Str(str, Enum):
-    def __str__(self) -> str:  # so f-strings print the value, not the member name
-        return self.value
-
-
-class Phase(_Str):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    RESTARTING = "Restarting"
-    SUSPENDED = "Suspended"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
-
-
-class CondType(_Str):
-    RUNNING = "Running"
-    RESTARTING = "Restarting"
-    SUSPENDED = "Suspended"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    STALLED = "Stalled"
-
-
-class Reason(_Str):
-    # pending / progress
-    CREATED = "AttemptCreated"
-    QUEUED = "Queued"
-    UNSCHEDULABLE = "Unschedulable"
-    PODS_PENDING = "PodsPending"
-    PODS_RUNNING = "PodsRunning"
-    TEARING_DOWN = "TearingDown"
-    PROGRESSING = "Progressing"
-    # retryable failures (count as restarts)
-    POD_FAILED = "PodFailed"
-    OOM_KILLED = "OOMKilled"
-    STALLED = "Stalled"
-    # disruptions (count as preemptions)
-    PREEMPTED = "Preempted"
-    EVICTED = "Evicted"
-    NODE_LOST = "NodeLost"
-    INTERRUPTED = "Interrupted"
-    # terminal
-    COMPLETED = "Completed"
-    DATA_ERROR = "DataError"
-    GOLDEN_SET_REGRESSION = "GoldenSetRegression"
-    TOPOLOGY_MISMATCH = "TopologyMismatch"
-    MAX_RESTARTS = "MaxRestartsExceeded"
-    MAX_PREEMPTIONS = "MaxPreemptionsExceeded"
-    DEADLINE = "DeadlineExceeded"
-    INVALID_SPEC = "InvalidSpec"
-    # lifecycle
-    SUSPENDED = "Suspended"
-    RESUMED = "Resumed"
-    TTL_EXPIRED = "TTLExpired"
-    NOT_STALLED = "ProgressReported"
-
-
-# Trainer exit codes that must not be retried, and their reasons (the trainer owns the numbers).
-NON_RETRYABLE_EXIT_CODES: dict[int, Reason] = {
-    _exit.CONFIG_ERROR: Reason.DATA_ERROR,
-    _exit.GOLDEN_REGRESSION: Reason.GOLDEN_SET_REGRESSION,
-    _exit.TOPOLOGY_MISMATCH: Reason.TOPOLOGY_MISMATCH,
-}
+# Trainer exit codes that must not be retried, and their reasons (the one table is sft_api.contract).
+NON_RETRYABLE_EXIT_CODES: dict[int, Reason] = NON_RETRYABLE_REASONS
 # The trainer stopped on SIGTERM after committing a checkpoint: a disruption, not the job's fault.
-INTERRUPTED_EXIT_CODE = _exit.INTERRUPTED
-
-DISRUPTION_REASONS = {Reason.PREEMPTED, Reason.EVICTED, Reason.NODE_LOST, Reason.INTERRUPTED}
+INTERRUPTED_EXIT_CODE = INTERRUPTED
 
 
 def truncate(message: str, limit: int = MAX_MESSAGE) -> str:

@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import kopf
 
+from sft_api.contract import FINALIZER
+
 from . import metrics
 from .apply import ApiError, Conflict, KubeApi, write_result
 from .children import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
@@ -33,7 +35,6 @@ from .workqueue import WorkQueue
 
 log = logging.getLogger("sft_operator")
 
-FINALIZER = "sft.dev/operator"
 CHILD_LABELS = {LABEL_JOB: kopf.PRESENT, LABEL_ATTEMPT: kopf.PRESENT}
 
 

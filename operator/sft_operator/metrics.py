@@ -17,6 +17,7 @@ from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+from sft_api.contract import RESTART_REASONS as _RESTART_REASONS
 
 from .conditions import Phase
 
@@ -75,7 +76,7 @@ RECONCILE_ERRORS = Counter(
     "Reconcile passes of an SFTJob that failed with an error (kopf retries them)",
     registry=REGISTRY,
 )
-RESTART_REASONS = ("PodFailed", "OOMKilled", "Stalled", "Preempted", "Evicted", "NodeLost", "Interrupted")
+RESTART_REASONS = tuple(str(r) for r in _RESTART_REASONS)
 RESTARTS = Counter(
     "sftoperator_restarts_total",
     "Attempts torn down and restarted, by SFTJob (namespace, sftjob) and reason "

@@ -367,7 +367,7 @@ def _finished(p: _Pass) -> None:
 
 def validate_body(body: Mapping) -> str | None:
     """Schema and cross-field problems of the SFTJob's spec, each naming its field; None when valid."""
-    from .api import validate_document
+    from sft_api import validate_document
 
     meta = body.get("metadata") or {}
     doc = {

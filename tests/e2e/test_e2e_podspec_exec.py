@@ -147,7 +147,7 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
     assert any("checkpoint-" in k for k in keys), keys
 
     # The fake pods finish too; the operator closes the job.
-    from sft_operator.devcluster.pods import PodDriver
+    from sft_dev.pods import PodDriver
 
     driver = PodDriver(sft.api_client)
     for pod in pods:

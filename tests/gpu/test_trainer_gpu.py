@@ -74,7 +74,7 @@ def job(tmp: Path, model: Path, **training) -> dict:
 
 
 def run_train(doc: dict, tmp: Path):
-    from sft_operator.api import SFTJob
+    from sft_api import SFTJob
     from sft_trainer.train import train
 
     return train(SFTJob.model_validate(doc), workdir=tmp / "work", serve_metrics=False)
@@ -118,7 +118,7 @@ def test_deepspeed_zero_step_through_the_entrypoint(half_b_model, tmp_path, stag
 
 
 def test_mfu_of_a_half_billion_model(half_b_model, tmp_path):
-    from sft_operator.api import SFTJob
+    from sft_api import SFTJob
     from sft_trainer.metrics import mfu, model_flops_per_token, peak_flops_for
     from sft_trainer.train import train
 

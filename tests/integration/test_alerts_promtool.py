@@ -23,7 +23,7 @@ REQUIRED = {
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    from sft_operator.devcluster.tools import promtool as find
+    from sft_dev.tools import promtool as find
 
     return str(find())
 
@@ -100,7 +100,7 @@ def test_alerts_cover_the_issue_and_are_documented():
 
 def test_chart_prometheus_rule_passes_promtool(promtool, tmp_path):
     """What the chart's PrometheusRule carries is checked by promtool too."""
-    from sft_operator.devcluster.tools import helm
+    from sft_dev.tools import helm
 
     out = subprocess.run([str(helm()), "template", "rel", str(ROOT / "charts" / "sft-operator"),
                           "--set", "monitoring.prometheusRule.enabled=true",

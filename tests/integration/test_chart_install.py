@@ -34,7 +34,7 @@ def helm_major(request) -> int:
 
 @pytest.fixture
 def helm(dev_cluster, helm_major, tmp_path):
-    from sft_operator.devcluster.tools import helm as helm_path
+    from sft_dev.tools import helm as helm_path
 
     exe = str(helm_path(helm_major))
     home = tmp_path / "helm-home"

@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from sft_operator.devcluster import build
-from sft_operator.devcluster.cluster import GPU_PRODUCT
+from sft_dev import build
+from sft_dev.cluster import GPU_PRODUCT
 
 
 def _pod(name: str, gpus: int = 8, labels: dict | None = None, pool=None) -> client.V1Pod:

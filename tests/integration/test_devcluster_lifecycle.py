@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator.devcluster import build
-from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports, _port_in_use, _proc_start_time
-from sft_operator.devcluster.tools import kubectl
+from sft_dev import build
+from sft_dev.cluster import ClusterError, DevCluster, Ports, _port_in_use, _proc_start_time
+from sft_dev.tools import kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def _consecutive_free_ports(n: int = 6) -> int:
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sft_operator.devcluster.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sft_dev.cli", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
@@ -70,7 +70,7 @@ def test_user_flow_idempotent_up_crash_and_down(tmp_path, devcluster_bin):
             assert want in out, out
         env = _cli("env", "--state-dir", str(state))
         assert f"export KUBECONFIG={state.resolve() / 'kubeconfig'}" in env.stdout
-        shell = (f'eval "$({sys.executable} -m sft_operator.devcluster.cli env --state-dir {state})" && '
+        shell = (f'eval "$({sys.executable} -m sft_dev.cli env --state-dir {state})" && '
                  "helm version --short && "
                  f"kubectl apply --server-side -f {REPO / 'crds' / 'sftjob.yaml'} >/dev/null && "
                  "kubectl wait --for=condition=Established crd/sftjobs.sft.dev >/dev/null && "
@@ -154,7 +154,7 @@ def test_corrupt_etcd_data_is_named(tmp_path, devcluster_bin):
 
 
 def test_cli_status_reports_a_missing_cluster(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "sft_operator.devcluster.cli", "status", "--state-dir",
+    p = subprocess.run([sys.executable, "-m", "sft_dev.cli", "status", "--state-dir",
                         str(tmp_path / "none")], capture_output=True, text=True)
     assert p.returncode == 1
     assert "no dev cluster in" in p.stdout
@@ -196,7 +196,7 @@ def test_build_failure_names_the_step_and_shows_the_error(monkeypatch, tmp_path)
 
 def test_build_module_reuses_the_cache_in_seconds(devcluster_bin):
     t = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "sft_operator.devcluster.build"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "sft_dev.build"], capture_output=True, text=True)
     took = time.monotonic() - t
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(build.bin_dir())

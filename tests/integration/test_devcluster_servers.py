@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from sft_operator.devcluster import tools
+from sft_dev import tools
 
 
 def test_s3_bucket_round_trip_and_multipart(s3, s3_bucket):

@@ -20,7 +20,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from transformers import TrainerCallback
 
-    from sft_operator.api import load_sftjob
+    from sft_api import load_sftjob
     from sft_trainer.train import train
 
     job_path, workdir = Path(sys.argv[1]), Path(sys.argv[2])

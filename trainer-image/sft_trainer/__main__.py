@@ -48,7 +48,7 @@ def _fail(code: int, message: str) -> int:
 
 
 def _load(path: str):
-    from sft_operator.api import SFTJobLoadError, load_sftjob
+    from sft_api import SFTJobLoadError, load_sftjob
 
     try:
         return load_sftjob(Path(path))

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from sft_api.contract import TIME_BUDGET_ANNOTATION  # noqa: F401 - re-exported
+
 from .exit_codes import ConfigError
 
 # Trainer-side defaults that are not (yet) SFTJob fields.
 DEFAULT_EVAL_EVERY_STEPS = 200
 # Wall-clock cap on training (then a final checkpoint, evaluation and export), for runs that must
 # fit a time box such as the CPU quickstart; `sftctl run --time-budget` overrides it.
-TIME_BUDGET_ANNOTATION = "sft.dev/max-train-seconds"
 LOCAL_CHECKPOINTS_KEPT = 2  # HF rotation of the local copies; the store keeps `checkpoints.keep`
 
 
@@ -72,7 +73,7 @@ class ResolvedConfig:
 
     job_name: str
     namespace: str
-    spec: Any  # sft_operator.api.SFTJobSpec
+    spec: Any  # sft_api.SFTJobSpec
     workdir: Path
     base_dir: Path | None = None  # scheme-less input paths are relative to this
     cuda: bool = False
@@ -227,7 +228,7 @@ class ResolvedConfig:
             return None
         from peft import LoraConfig
 
-        from sft_operator.api.models import LoraSpec
+        from sft_api.models import LoraSpec
 
         lora = self.spec.method.lora or LoraSpec()
         targets: Any = list(lora.target_modules)

@@ -67,7 +67,7 @@ def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | N
     overrides = dict(overrides or {})
     console = Console(stderr=False)
     job_path = Path(job_path)
-    from sft_operator.api import SFTJobLoadError, load_sftjob
+    from sft_api import SFTJobLoadError, load_sftjob
 
     try:
         job = load_sftjob(job_path)
@@ -141,3 +141,24 @@ def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | N
 
 def result_json(workdir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads((Path(workdir) / "result.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sft_trainer.local JOB.yaml [...]``: the public entry point that ``sftctl run`` calls."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m sft_trainer.local", description=run_local.__doc__.splitlines()[0])
+    p.add_argument("job", help="SFTJob YAML; relative data paths resolve against its directory")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=None)
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--checkpoints-uri", default=None)
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--no-measure", dest="measure", action="store_false", default=True)
+    args = vars(p.parse_args(argv))
+    job = args.pop("job")
+    return run_local(job, overrides={k: v for k, v in args.items() if v is not None})
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

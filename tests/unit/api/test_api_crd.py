@@ -2,14 +2,14 @@
 
 import yaml
 
-from sft_operator.api import crdgen, rules
-from sft_operator.api.models import SFTJobSpec
+from sft_api import crdgen, rules
+from sft_api.models import SFTJobSpec
 
 
 def test_generated_files_are_up_to_date():
     for path, render in crdgen.GENERATED.items():
-        assert path.exists(), f"{path} is missing; run python -m sft_operator.api.crdgen"
-        assert path.read_text() == render(), f"{path} drifted; run python -m sft_operator.api.crdgen"
+        assert path.exists(), f"{path} is missing; run python -m sft_api.crdgen"
+        assert path.read_text() == render(), f"{path} drifted; run python -m sft_api.crdgen"
 
 
 def test_drift_check_command_detects_a_stale_file(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sft_operator.api import SFTJob, load_sftjob
+from sft_api import SFTJob, load_sftjob
 from sft_operator.cli import app
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.yaml"))

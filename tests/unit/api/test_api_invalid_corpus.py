@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sft_operator.api import load_document, validate_document
+from sft_api import load_document, validate_document
 from sft_operator.cli import app
 
 HERE = Path(__file__).parent

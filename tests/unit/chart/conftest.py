@@ -22,7 +22,7 @@ def helm_major(request) -> int:
 
 @pytest.fixture(scope="session")
 def helm_bin(helm_major) -> str:
-    from sft_operator.devcluster.tools import helm
+    from sft_dev.tools import helm
 
     return str(helm(helm_major))
 

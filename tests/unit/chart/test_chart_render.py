@@ -272,7 +272,7 @@ def test_pod_monitor_scrapes_trainer_pods_with_job_labels(render):
 
 def test_pod_monitor_selects_the_operators_trainer_pods(render):
     """The pods the operator renders carry the label and the named port the PodMonitor relies on."""
-    from sft_operator.api import load_sftjob
+    from sft_api import load_sftjob
     from sft_operator.children import render as render_children
     from sft_operator.settings import OperatorSettings
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from sftop_factories import sftjob
 
-from sft_operator.api import load_sftjob
+from sft_api import load_sftjob
 from sft_operator.children import job_name, render
 from sft_operator.settings import OperatorSettings
 

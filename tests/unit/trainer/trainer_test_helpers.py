@@ -23,7 +23,7 @@ BASE_JOB: dict[str, Any] = {
 
 def make_job(**spec_updates: Any):
     """An SFTJob with BASE_JOB's spec, top-level spec keys replaced (dicts merged one level)."""
-    from sft_operator.api import SFTJob
+    from sft_api import SFTJob
 
     doc = copy.deepcopy(BASE_JOB)
     for k, v in spec_updates.items():

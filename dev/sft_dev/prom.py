@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from sft_operator.devcluster.tools import prometheus
+from sft_dev.tools import prometheus
 
 HOST = "127.0.0.1"
 

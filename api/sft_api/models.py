@@ -14,15 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from . import rules as _rules
+from .contract import API_VERSION, CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, Phase
 
-GROUP = "sft.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "SFTJob"
-PLURAL = "sftjobs"
-SINGULAR = "sftjob"
-SHORT_NAMES = ["sft"]
-CATEGORIES = ["all", "ml"]
+__all__ = ["API_VERSION", "CATEGORIES", "GROUP", "KIND", "PLURAL", "SHORT_NAMES", "SINGULAR", "VERSION", "Phase"]
 
 # Model, dataset and artifact locations. A scheme-less path is resolved relative to the SFTJob
 # file by `sftctl run` and to the working directory inside the trainer image.
@@ -89,15 +83,6 @@ class Offload(str, Enum):
     none = "none"
     optimizer = "optimizer"
     all = "all"
-
-
-class Phase(str, Enum):
-    Pending = "Pending"
-    Running = "Running"
-    Restarting = "Restarting"
-    Suspended = "Suspended"
-    Succeeded = "Succeeded"
-    Failed = "Failed"
 
 
 class ConditionStatus(str, Enum):

@@ -10,7 +10,7 @@ from typing import Iterable
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from sft_operator.devcluster import kwok_stages as ks
+from sft_dev import kwok_stages as ks
 
 
 class PodDriver:

@@ -25,9 +25,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sft_operator.devcluster import kwok_stages
-from sft_operator.devcluster.build import bin_dir, ensure_binaries
-from sft_operator.devcluster.tools import kubectl
+from sft_dev import kwok_stages
+from sft_dev.build import bin_dir, ensure_binaries
+from sft_dev.tools import kubectl
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 HOST = "127.0.0.1"

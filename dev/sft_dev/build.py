@@ -7,7 +7,7 @@ module at its published v0.X.Y version. etcd is built from the same wrapper, so 
 etcd version that this Kubernetes release pins. kwok has no replace directives and is built
 with `go install pkg@version`.
 
-Run as `python -m sft_operator.devcluster.build` (prints the bin dir and timings).
+Run as `python -m sft_dev.build` (prints the bin dir and timings).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from sft_operator.devcluster.tools import weed
+from sft_dev.tools import weed
 
 HOST = "127.0.0.1"
 
