@@ -24,6 +24,7 @@ URI_PATTERN = r"^((hf|s3|file|builtin)://[^\s]+|[^:\s]+)$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+RESUME_FROM_PATTERN = r"^(latest|(s3|file)://[^\s]+|[^:\s]+)$"
 
 Uri = Annotated[str, Field(pattern=URI_PATTERN, min_length=1, max_length=2048)]
 ShortStr = Annotated[str, Field(min_length=1, max_length=253)]
@@ -240,6 +241,14 @@ class CheckpointSpec(_Model):
     )
     every_steps: int = Field(500, ge=1, le=10_000_000, description="Steps between checkpoints (and one at the end).")
     keep: int = Field(3, ge=1, le=1000, description="Committed checkpoints kept, plus the best by eval loss.")
+    resume_from: Optional[Annotated[str, Field(pattern=RESUME_FROM_PATTERN, min_length=1, max_length=2048)]] = Field(
+        None,
+        description="Continue from another run's committed checkpoint: latest (the newest committed checkpoint under "
+        "uri, whoever wrote it) or the URI of a checkpoint-<step>/ directory or of a checkpoint prefix (its newest "
+        "committed one). Unset: resume only this job's own checkpoints (same job UID and training spec hash); a "
+        "foreign committed checkpoint under uri then fails the job before training (exit 64). The job's own "
+        "checkpoints, once it has written one, always win over resumeFrom.",
+    )
 
 
 class OutputSpec(_Model):
@@ -372,6 +381,17 @@ class Condition(_Model):
     observed_generation: Optional[int] = None
 
 
+class TrainerPhase(str, Enum):
+    """What the trainer is doing: status.progress.phase."""
+
+    downloading = "downloading"
+    preflight = "preflight"
+    training = "training"
+    evaluating = "evaluating"
+    checkpointing = "checkpointing"
+    exporting = "exporting"
+
+
 class Progress(_Model):
     step: int = Field(0, ge=0)
     total_steps: Optional[int] = Field(None, ge=0)
@@ -379,6 +399,16 @@ class Progress(_Model):
     percent: Optional[float] = Field(None, ge=0, le=100)
     eta_seconds: Optional[float] = Field(None, ge=0)
     updated_at: Optional[str] = Field(None, description="When the trainer last reported progress.")
+    phase: Optional[TrainerPhase] = Field(
+        None,
+        description="The trainer's phase: downloading, preflight, training, evaluating, checkpointing or exporting.",
+    )
+    phase_started_at: Optional[str] = Field(None, description="When the trainer entered the current phase.")
+    heartbeat_time: Optional[str] = Field(
+        None,
+        description="Written every heartbeat interval while the trainer process is alive, in every phase: a live "
+        "but slow phase keeps it fresh, a hung or dead process lets it age.",
+    )
 
 
 class TrainMetrics(_Model):

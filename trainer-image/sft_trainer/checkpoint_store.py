@@ -10,6 +10,11 @@ marker parses, names the right step and lists files that are all present with th
 Everything else is an *uncommitted* directory: the remains of an upload that was killed. Those are
 reported and ignored, never resumed from.
 
+The manifest also records who wrote the checkpoint (``identity``: the job's UID, the hash of the
+training-relevant spec fields and the attempt; see ``sft_api.training_identity``). A store opened
+with an ``owner`` applies retention only to that owner's checkpoints; which checkpoint a run may
+resume is decided in ``resume.py``.
+
 Object stores have no atomic directory rename, so atomicity comes from ordering instead: every file
 is uploaded first, the marker last (a single PUT on S3, a rename on a local filesystem), and on
 deletion the marker goes first. A crash at any point therefore leaves either a complete committed
@@ -36,10 +41,12 @@ from typing import Any, Iterable
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from sft_api.training_identity import RunIdentity
+
 log = logging.getLogger(__name__)
 
 MARKER = "_COMMITTED"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: adds "identity"; format-1 manifests read as written by an unknown run
 CHECKPOINT_PREFIX = "checkpoint-"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 _CHUNK = 4 * 1024 * 1024
@@ -83,6 +90,12 @@ class CommittedCheckpoint:
     def committed_at(self) -> str | None:
         return self.manifest.get("committedAt")
 
+    @property
+    def identity(self) -> dict[str, Any] | None:
+        """Who wrote it: ``{"jobUid", "specHash", "jobName", "attempt"}``, or None (format 1)."""
+        ident = self.manifest.get("identity")
+        return ident if isinstance(ident, dict) else None
+
 
 def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
     """Return (size, hex sha256) of a local file, streaming it."""
@@ -116,7 +129,11 @@ def _utcnow() -> str:
 class CheckpointStore:
     """Commit, list, verify, download and prune checkpoints under one fsspec URI."""
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None, *,
+                 owner: RunIdentity | None = None):
+        # owner: the run that commits here; its identity goes into each manifest and retention
+        # deletes only its checkpoints (another run's, resumed through resumeFrom, stay)
+        self.owner = owner
         if not uri:
             raise ValueError("checkpoints.uri: must not be empty")
         opts = dict(storage_options or {})
@@ -186,6 +203,7 @@ class CheckpointStore:
             "format": MANIFEST_FORMAT,
             "step": int(step),
             "committedAt": _utcnow(),
+            "identity": self.owner.to_manifest() if self.owner is not None else None,
             "metrics": _jsonable(metrics or {}),
             "totalBytes": sum(e.size for e in entries),
             "files": [e.to_json() for e in entries],
@@ -280,6 +298,13 @@ class CheckpointStore:
     def committed(self) -> list[CommittedCheckpoint]:
         return self.scan()[0]
 
+    def get(self, step: int) -> CommittedCheckpoint:
+        """``checkpoint-<step>`` if it is committed; CheckpointError (with the reason) otherwise."""
+        try:
+            return self._validate(int(step), self._dir(step))
+        except _Empty:
+            raise CheckpointError(f"{self.checkpoint_uri(step)} does not exist") from None
+
     def latest_committed(self) -> CommittedCheckpoint | None:
         """The newest valid checkpoint, or None. Invalid directories are logged and skipped."""
         for step, path in reversed(self._step_dirs()):
@@ -339,6 +364,8 @@ class CheckpointStore:
         if keep <= 0:
             return []
         committed, broken = self.scan()
+        if self.owner is not None:
+            committed = [c for c in committed if self.owner.owns(c.identity)]
         if not committed:
             return []
         kept = {c.step for c in committed[-keep:]}

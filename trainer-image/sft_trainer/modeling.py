@@ -30,19 +30,35 @@ def model_location(cfg: ResolvedConfig) -> str:
     if uri.startswith("hf://"):
         return uri[len("hf://"):]
     if uri.startswith("s3://"):
-        import fsspec
-
-        local = cfg.workdir / "base-model"
-        if not (local / "config.json").is_file():
-            fs, path = fsspec.core.url_to_fs(uri, **storage_options_for(uri, cfg.spec.storage))
-            log.info("downloading %s to %s", uri, local)
-            fs.get(path.rstrip("/") + "/", str(local), recursive=True)
-        return str(local)
+        return str(download_base_model(cfg, uri))
     path = resolve_uri(uri, cfg.base_dir)
     path = path[len("file://"):] if path.startswith("file://") else path
     if not Path(path).is_dir():
         raise ConfigError(f"spec.model.uri: {path} is not a model directory")
     return path
+
+
+def download_base_model(cfg: ResolvedConfig, uri: str) -> Path:
+    """One copy per node, by local rank 0, renamed into place when complete (node_cache.py).
+
+    The directory name carries a digest of the URI and revision, so that another model never
+    reuses a scratch volume's earlier copy.
+    """
+    import hashlib
+
+    import fsspec
+
+    from .node_cache import fetch_once
+
+    key = hashlib.sha256(f"{uri}@{cfg.spec.model.revision or ''}".encode()).hexdigest()[:12]
+
+    def fetch(tmp: Path) -> None:
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options_for(uri, cfg.spec.storage))
+        fs.get(path.rstrip("/") + "/", str(tmp) + "/", recursive=True)
+        if not (tmp / "config.json").is_file():
+            raise ConfigError(f"spec.model.uri: {uri} holds no config.json: not a model directory")
+
+    return fetch_once(cfg.workdir / f"base-model-{key}", fetch, what=f"base model {uri}")
 
 
 def load_tokenizer(cfg: ResolvedConfig, location: str) -> Any:
