@@ -272,7 +272,9 @@ class ResolvedConfig:
             packing=t.packing,
             # BFD packing never cuts an example and turns padding-free (position_ids) on
             packing_strategy="bfd",
-            assistant_only_loss=self.loss_on == "assistant",
+            # the rows arrive tokenized with our masks (masking.py): TRL's assistant_only_loss would
+            # re-render them and needs {% generation %} markers that most real templates lack
+            assistant_only_loss=False,
             completion_only_loss=self.loss_on == "completion",
             # TRL turns activation checkpointing on by default; follow the spec instead
             activation_checkpointing=t.gradient_checkpointing,

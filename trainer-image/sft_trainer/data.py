@@ -263,17 +263,43 @@ def task_types(examples: Iterable[dict[str, Any]]) -> list[str]:
     return sorted({e["task_type"] for e in examples})
 
 
-def to_trl_rows(examples: Iterable[dict[str, Any]], loss_on: str) -> list[dict[str, Any]]:
-    """Rows in the layout TRL expects for ``loss_on``.
+def to_trl_rows(examples: Iterable[dict[str, Any]], loss_on: str, tokenizer: Any = None) -> list[dict[str, Any]]:
+    """Pre-tokenized rows in TRL's documented columns, with our masks (masking.py).
 
-    ``completion`` becomes conversational prompt-completion (the last assistant turn is the
-    completion, so TRL's ``completion_only_loss`` trains exactly it); ``assistant`` and ``all``
-    stay conversational ``messages``.
+    ``assistant``: ``input_ids`` + ``assistant_masks``; ``completion``: ``input_ids`` +
+    ``completion_mask`` (the last assistant turn); ``all``: ``input_ids`` alone. TRL builds the
+    labels from the mask, truncates and packs. Preflight leaves each example's encoding on it;
+    ``tokenizer`` encodes the examples that have none (a ValueError without one).
     """
+    from .preflight import TOKENS_KEY
+
+    examples = list(examples)
+    missing = [e for e in examples if (e.get(TOKENS_KEY) or {}).get("loss_on") != loss_on]
+    if missing:
+        if tokenizer is None:
+            raise ValueError(f"to_trl_rows: {len(missing)} examples are not tokenized for lossOn {loss_on}; "
+                             "run the preflight first or pass the tokenizer")
+        _encode_missing(missing, loss_on, tokenizer)
+    column = {"assistant": "assistant_masks", "completion": "completion_mask"}.get(loss_on)
     rows = []
     for e in examples:
-        if loss_on == "completion":
-            rows.append({"prompt": e["messages"][:-1], "completion": e["messages"][-1:]})
-        else:
-            rows.append({"messages": e["messages"]})
+        tokens = e[TOKENS_KEY]
+        row = {"input_ids": tokens["input_ids"]}
+        if column:
+            row[column] = tokens["mask"]
+        rows.append(row)
     return rows
+
+
+def _encode_missing(examples: list[dict[str, Any]], loss_on: str, tokenizer: Any) -> None:
+    from . import masking
+    from .preflight import TOKENS_KEY
+
+    verdict = masking.analyze_template(tokenizer, loss_on)
+    info = masking.TokenInfo(tokenizer, verdict.end_of_turn)
+    for e in examples:
+        try:
+            enc = masking.encode(tokenizer, e["messages"], loss_on, verdict, info)
+        except masking.MaskingError as err:
+            raise ConfigError(f"spec.datasets: {e.get('source', '?')}: {err}") from err
+        e[TOKENS_KEY] = {"loss_on": loss_on, "input_ids": enc.input_ids, "mask": enc.mask}

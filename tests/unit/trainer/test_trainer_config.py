@@ -23,7 +23,7 @@ def test_sft_config_follows_the_spec(tmp_path):
     kw = c.sft_config_kwargs()
     expect = dict(max_steps=30, learning_rate=2e-3, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
                   per_device_train_batch_size=3, gradient_accumulation_steps=4, max_length=256, packing=True,
-                  packing_strategy="bfd", assistant_only_loss=True, completion_only_loss=False,
+                  packing_strategy="bfd", assistant_only_loss=False, completion_only_loss=False,
                   activation_checkpointing=True, bf16=True, fp16=False, seed=7, data_seed=7, logging_steps=5,
                   neftune_noise_alpha=5.0, eval_strategy="steps", eval_steps=10, save_strategy="steps", save_steps=15,
                   metric_for_best_model="eval_loss", use_cpu=True, report_to=[])
@@ -31,11 +31,12 @@ def test_sft_config_follows_the_spec(tmp_path):
     assert "deepspeed" not in kw and "ddp_backend" not in kw and "num_train_epochs" not in kw
     assert c.early_stopping_patience == 2
     args = c.sft_config()  # TRL accepts it
-    assert args.max_length == 256 and args.assistant_only_loss and args.packing
+    assert args.max_length == 256 and not args.assistant_only_loss and args.packing
 
 
 @pytest.mark.parametrize("loss_on,assistant,completion", [
-    ("assistant", True, False), ("completion", False, True), ("all", False, False)])
+    # assistant masks arrive precomputed in the rows (masking.py), so TRL's own flag stays off
+    ("assistant", False, False), ("completion", False, True), ("all", False, False)])
 def test_loss_on_maps_to_trl_flags(tmp_path, loss_on, assistant, completion):
     kw = cfg_for(tmp_path, training={"lossOn": loss_on}).sft_config_kwargs()
     assert (kw["assistant_only_loss"], kw["completion_only_loss"]) == (assistant, completion)

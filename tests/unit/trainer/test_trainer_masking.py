@@ -41,7 +41,7 @@ def collate(tiny, tmp_path, conversations, *, loss_on, packing):
     cfg = ResolvedConfig.from_job(job, workdir=tmp_path, cuda=False, env={})
     examples = [{"messages": c, "task_type": "t"} for c in conversations]
     trainer = SFTTrainer(model=model, args=cfg.sft_config(has_eval=False),
-                         train_dataset=Dataset.from_list(to_trl_rows(examples, loss_on)), processing_class=tok)
+                         train_dataset=Dataset.from_list(to_trl_rows(examples, loss_on, tok)), processing_class=tok)
     ds = trainer.train_dataset
     batch = trainer.data_collator([ds[i] for i in range(len(ds))])
     return tok, batch

@@ -36,7 +36,7 @@ def packed_train_rows(tiny, tmp_path, conversations):
     cfg = ResolvedConfig.from_job(job, workdir=tmp_path, cuda=False, env={})
     examples = [{"messages": c, "task_type": "t"} for c in conversations]
     trainer = _trainer_class()(model=model, args=cfg.sft_config(has_eval=False),
-                               train_dataset=Dataset.from_list(to_trl_rows(examples, "assistant")),
+                               train_dataset=Dataset.from_list(to_trl_rows(examples, "assistant", tok)),
                                processing_class=tok)
     return trainer
 

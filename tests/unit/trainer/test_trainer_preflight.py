@@ -79,15 +79,16 @@ def test_no_loss_token_left_after_truncation_is_an_error(tmp_path, tok):
         run_preflight(splits, sources, tok, loss_on="assistant", max_seq_length=16, max_bad_row_ratio=0.0)
 
 
-def test_template_without_generation_markers_is_rejected_for_assistant_loss(tok):
+def test_template_without_generation_markers_is_masked_by_incremental_rendering(tok):
     from sft_trainer.tiny_model import build_tokenizer
 
     plain = build_tokenizer()
-    plain.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>{% endfor %}"
-    with pytest.raises(ConfigError, match="spec.model.chatTemplate: the chat template cannot mark assistant tokens"):
-        check_template(plain, "assistant")
-    assert check_template(plain, "all").startswith("ok")
-    assert check_template(tok, "assistant") == "ok ({% generation %} markers)"
+    plain.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>{% endfor %}"
+                           "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    verdict = check_template(plain, "assistant")
+    assert (verdict.strategy, verdict.end_of_turn, verdict.eot_outside_turn) == ("incremental", ["<|eot|>"], False)
+    assert check_template(plain, "all").strategy == "none"
+    assert check_template(tok, "assistant").strategy == "markers"
 
 
 def test_missing_or_broken_template(tok):
@@ -102,14 +103,11 @@ def test_missing_or_broken_template(tok):
         check_template(t, "all")
 
 
-def test_known_model_template_is_patched_with_trls_training_template():
-    from trl.chat_template_utils import get_training_chat_template
-
+def test_a_known_model_template_is_used_as_it_is_not_patched():
     from sft_trainer.tiny_model import build_tokenizer
 
-    qwen = (__import__("trl.chat_template_utils", fromlist=["x"]).qwen2_5_chat_template)
+    qwen = __import__("trl.chat_template_utils", fromlist=["x"]).qwen2_5_chat_template
     t = build_tokenizer()
     t.chat_template = qwen
-    desc = check_template(t, "assistant")
-    assert desc.startswith("patched")
-    assert "{% generation %}" in t.chat_template and get_training_chat_template(t) is None
+    assert check_template(t, "assistant").strategy == "incremental"
+    assert t.chat_template == qwen  # training renders exactly what inference renders
