@@ -122,6 +122,43 @@ def run(
     raise typer.Exit(code)
 
 
+def _trainer_entry(module: str, argv: list[str]) -> int:
+    """Run a trainer entry point (``python -m <module>``) as a child process; its exit code.
+
+    The trainer is reached through its public entry points, never imported: the operator package
+    does not depend on the trainer's, and sftctl behaves exactly like the entry point.
+    """
+    if importlib.util.find_spec("sft_trainer") is None:  # the [trainer] extra is not installed
+        err.print(f"[red]✗[/] sftctl needs the trainer for this: pip install 'sft-operator[trainer]'")
+        raise typer.Exit(1)
+    child = subprocess.Popen([sys.executable, "-m", module, *argv])
+    # Ctrl-C reaches the child too (same process group); let it finish its own way, so wait.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 128 - code if code < 0 else code  # killed by a signal: the shell convention
+
+
+@app.command()
+def preflight(
+    file: Path = typer.Argument(..., help="An SFTJob YAML file; relative data paths resolve against its directory."),
+    examples: int = typer.Option(3, "--examples", min=0, help="Training examples to show with their trained spans."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report (counts, lengths, template "
+                                             "verdict, shown examples) as JSON to this file."),
+) -> None:
+    """Check the data and the chat template as training will, on this machine: tokenizer and data only, no weights.
+
+    Exit codes are the trainer's: 0, or 64 for a data, template or spec error (with file:line or the field).
+    """
+    _load_valid(file)
+    argv = [str(file), "--examples", str(examples)]
+    if json_path is not None:
+        argv += ["--json", str(json_path)]
+    raise typer.Exit(_trainer_entry("sft_trainer.preflight", argv))
+
+
 @app.command("crd")
 def crd_cmd() -> None:
     """Print the SFTJob CustomResourceDefinition generated from the API models."""

@@ -262,3 +262,9 @@ def run_preflight(
     rep.shown_examples = [shown_example(tokenizer, e, max_seq_length) for e in splits.train[:show_examples]]
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+if __name__ == "__main__":  # python -m sft_trainer.preflight: see preflight_cli
+    from sft_trainer.preflight_cli import main
+
+    raise SystemExit(main())
