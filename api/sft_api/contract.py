@@ -23,6 +23,9 @@ CATEGORIES = ["all", "ml"]
 # --------------------------------------------------------------------------------------------- labels
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_COMPONENT = f"{GROUP}/component"  # "preflight" on the preflight Job and pod; absent on the gang
+LABEL_SPEC_HASH = f"{GROUP}/spec-hash"  # the spec hash the preflight checks
+PREFLIGHT_COMPONENT = "preflight"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FINALIZER = f"{GROUP}/operator"
 TIME_BUDGET_ANNOTATION = f"{GROUP}/max-train-seconds"
@@ -53,6 +56,8 @@ class CondType(_Str):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     STALLED = "Stalled"
+    PREFLIGHT = "Preflight"  # the CPU-only data and template check before the gang
+    CHILD_CREATE_FAILED = "ChildCreateFailed"  # the apiserver refused a child (quota, admission, webhook)
 
 
 class Reason(_Str):
@@ -64,6 +69,13 @@ class Reason(_Str):
     PODS_RUNNING = "PodsRunning"
     TEARING_DOWN = "TearingDown"
     PROGRESSING = "Progressing"
+    # preflight (condition Preflight)
+    PREFLIGHT_RUNNING = "PreflightRunning"
+    PREFLIGHT_PASSED = "PreflightPassed"
+    PREFLIGHT_SKIPPED = "PreflightSkipped"
+    # children the apiserver refused (condition ChildCreateFailed), and their recovery
+    FAILED_CREATE = "FailedCreate"
+    CHILDREN_CREATED = "ChildrenCreated"
     # retryable failures (count as restarts)
     POD_FAILED = "PodFailed"
     OOM_KILLED = "OOMKilled"

@@ -330,6 +330,13 @@ class FailurePolicy(_Model):
 class PreflightSpec(_Model):
     """Data checks that run before training."""
 
+    enabled: bool = Field(
+        True,
+        description="Run the data and chat-template checks in one CPU-only pod before any GPU pod of the job is "
+        "created; a data error then fails the job (DataError) without holding a GPU. It runs once per spec, not "
+        "per restart. false skips it, e.g. when the data is readable only from the GPU nodes; the trainer still "
+        "runs the same checks itself.",
+    )
     max_bad_row_ratio: float = Field(
         0.01, ge=0, le=1, description="Fail (exit code 64, DataError) when more than this share of rows is malformed."
     )
@@ -442,6 +449,16 @@ class FailureInfo(_Model):
     message: Optional[str] = None
 
 
+class PreflightStatus(_Model):
+    """The last preflight the operator ran: the spec it checked and what it found."""
+
+    spec_hash: Optional[str] = Field(None, description="Hash of the spec fields the preflight checked.")
+    generation: Optional[int] = Field(None, description="metadata.generation of the spec it checked.")
+    passed: Optional[bool] = Field(None, description="True: later attempts of this spec skip the preflight.")
+    message: Optional[str] = Field(None, description="The preflight's summary, or the error naming file:line.")
+    finished_at: Optional[str] = None
+
+
 class SFTJobStatus(_Model):
     """Observed state, written by the operator (phase, conditions, counters) and by the trainer's rank 0
     (progress, metrics, checkpoint, evaluation, worldSize)."""
@@ -459,6 +476,7 @@ class SFTJobStatus(_Model):
     checkpoint: Optional[CheckpointStatus] = None
     evaluation: Optional[EvaluationStatus] = None
     last_failure: Optional[FailureInfo] = None
+    preflight: Optional[PreflightStatus] = None
     observed_generation: Optional[int] = None
 
 

@@ -7,6 +7,11 @@
   only ever created (their pod template is immutable and Kueue owns `spec.suspend` after admission).
 - Deletes ignore 404; the next attempt starts only once reconcile sees no pod of an earlier one.
 - Events are posted only after the status write succeeded (and before the children change).
+- Errors are classified as kopf classifies handler errors: a `TemporaryError` (apiserver unreachable,
+  throttled, overloaded, timed out) is retried after its `delay` or the work queue's per-key backoff;
+  a `PermanentError` (the request itself is refused: 400, 403, 404, 422, ...) is not retried as-is.
+  A child the apiserver refuses to create (an exceeded quota, a PodSecurity or webhook rejection)
+  raises `ChildRefused`: the handler records it in status and retries with the job's own backoff.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import socket
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from urllib3.exceptions import HTTPError
+
 from .children import GROUP, KIND, PLURAL, VERSION
 from .reconcile import ChildRef, Event, Result
 
-__all__ = ["FIELD_MANAGER", "Conflict", "KubeApi", "write_result"]
+__all__ = ["FIELD_MANAGER", "Conflict", "ApiError", "TemporaryError", "PermanentError", "ChildRefused", "classify",
+           "KubeApi", "write_result"]
 
 FIELD_MANAGER = "sft-operator"
 log = logging.getLogger("sft_operator.apply")
@@ -45,9 +53,64 @@ class Conflict(Exception):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, body: str):
+    def __init__(self, status: int, reason: str, body: str, retry_after: float | None = None):
         super().__init__(f"HTTP {status} {reason}: {body[:500]}")
         self.status = status
+        self.reason = reason
+        self.message = _status_message(body) or reason or f"HTTP {status}"
+        self.retry_after = retry_after
+
+
+def _status_message(body: str) -> str:
+    """The `message` of the apiserver's Status object (what `kubectl` prints), else the raw body."""
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError):
+        return (body or "").strip()[:1000]
+    return str(data.get("message") or "") if isinstance(data, dict) else ""
+
+
+class TemporaryError(Exception):
+    """Retry later: after `delay` seconds when the apiserver said so, else after the per-key backoff."""
+
+    permanent = False
+
+    def __init__(self, message: str, delay: float | None = None):
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(Exception):
+    """Retrying the same request cannot help; the next change of the world triggers a new pass."""
+
+    permanent = True
+
+
+class ChildRefused(Exception):
+    """The apiserver refused to create or update child `kind/name`; `error` says why."""
+
+    def __init__(self, kind: str, name: str, error: ApiError):
+        super().__init__(f"{kind} {name}: {error.message}")
+        self.kind, self.name, self.error = kind, name, error
+
+
+# Statuses after which the same request can succeed later: timeouts, throttling, an overloaded or
+# restarting apiserver. Everything else (400 Bad Request, 403 Forbidden by RBAC, quota or admission,
+# 404, 405, 409 AlreadyExists, 413, 415, 422 Invalid) is the request's own fault.
+TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def classify(exc: ApiError) -> TemporaryError | PermanentError:
+    if exc.status in TEMPORARY_STATUSES or exc.status == 0:
+        return TemporaryError(str(exc), delay=exc.retry_after)
+    return PermanentError(str(exc))
+
+
+def _retry_after(exc) -> float | None:
+    try:
+        return float((exc.headers or {}).get("Retry-After"))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 class KubeApi:
@@ -85,7 +148,9 @@ class KubeApi:
                 _request_timeout=30,
             )
         except ApiException as exc:
-            raise ApiError(exc.status, exc.reason or "", exc.body or "") from None
+            raise ApiError(exc.status or 0, exc.reason or "", exc.body or "", _retry_after(exc)) from None
+        except (OSError, HTTPError) as exc:  # refused, reset, timed out: the apiserver is not there now
+            raise TemporaryError(f"{method} {path}: apiserver unreachable: {exc}") from None
         data = resp.data
         return json.loads(data) if data else None
 
@@ -209,10 +274,23 @@ def write_result(api: KubeApi, body: dict, result: Result) -> None:
     for ref in result.delete:
         _delete(api, ns, ref)
     for obj in result.apply:
+        _apply(api, obj)
+
+
+def _apply(api: KubeApi, obj: dict) -> None:
+    try:
         if obj["kind"] == "Job":
             api.create(obj)
         else:
             api.apply(obj)
+    except ApiError as exc:
+        if exc.status == 403 and "being terminated" in exc.message:
+            raise  # the namespace is going; nothing to create or report
+        # Refused by quota, admission (PodSecurity, a webhook's verdict) or validation, or a webhook
+        # that cannot be reached: the job's own status must say so. Anything else is a blip.
+        if isinstance(classify(exc), PermanentError) or "webhook" in exc.message:
+            raise ChildRefused(obj["kind"], obj["metadata"]["name"], exc) from None
+        raise
 
 
 def _delete(api: KubeApi, namespace: str, ref: ChildRef) -> None:

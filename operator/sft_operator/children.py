@@ -12,7 +12,8 @@ import hashlib
 from typing import Any, Mapping
 
 import yaml
-from sft_api.contract import GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, PLURAL, QUEUE_LABEL, VERSION
+from sft_api.contract import (GROUP, KIND, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB, LABEL_SPEC_HASH, PLURAL,
+                              PREFLIGHT_COMPONENT, QUEUE_LABEL, VERSION)
 
 from .conditions import NON_RETRYABLE_EXIT_CODES
 from .rbac import trainer_rules
@@ -20,6 +21,11 @@ from .settings import OperatorSettings
 
 __all__ = [
     "render",
+    "render_preflight",
+    "preflight_job_name",
+    "LABEL_COMPONENT",
+    "LABEL_SPEC_HASH",
+    "PREFLIGHT_COMPONENT",
     "job_name",
     "service_name",
     "configmap_name",
@@ -40,6 +46,9 @@ CONTAINER = "trainer"
 CONFIG_DIR = "/etc/sft"
 CONFIG_FILE = "job.yaml"
 TRAINER_COMMAND = ["python", "-m", "sft_trainer", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+# The trainer's public preflight entry point: the data and template checks only, no weights, no GPU.
+PREFLIGHT_COMMAND = ["python", "-m", "sft_trainer.preflight", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+PREFLIGHT_CONTAINER = "preflight"
 GPU = "nvidia.com/gpu"
 
 
@@ -64,6 +73,10 @@ def service_name(name: str, attempt: int) -> str:
 
 def configmap_name(name: str, attempt: int) -> str:
     return _dns_name(name, f"-a{attempt}-config", limit=253)
+
+
+def preflight_job_name(name: str, attempt: int) -> str:
+    return _dns_name(name, f"-a{attempt}-preflight", limit=63)
 
 
 def trainer_sa_name(name: str) -> str:
@@ -212,6 +225,26 @@ def _env(name: str, namespace: str, attempt: int, spec: Mapping, settings: Opera
     return env
 
 
+def _container_security() -> dict:
+    """Restricted Pod Security Standard, for the trainer and the preflight alike."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security(settings: OperatorSettings) -> dict:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_user,
+        "fsGroup": settings.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, settings: OperatorSettings, owners: list[dict]) -> dict:
     workers = spec.get("workers") or {}
     nodes = int(workers.get("nodes") or 1)
@@ -239,12 +272,7 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "scratch", "mountPath": "/tmp"},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if storage.get("secretRef"):
@@ -256,13 +284,7 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
         "automountServiceAccountToken": True,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
-            "fsGroup": settings.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _pod_security(settings),
         "containers": [container],
         "volumes": [
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
@@ -336,12 +358,7 @@ def render(job: Any, *, attempt: int = 1, settings: OperatorSettings | None = No
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
         },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _meta(configmap_name(name, attempt), namespace, lbls, owners),
-            "data": {CONFIG_FILE: resolved_config(body, namespace)},
-        },
+        _configmap(body, name, namespace, attempt, owners),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -356,3 +373,84 @@ def render(job: Any, *, attempt: int = 1, settings: OperatorSettings | None = No
         },
         _job(name, namespace, attempt, body, spec, settings, owners),
     ]
+
+
+def _configmap(body: Mapping, name: str, namespace: str, attempt: int, owners: list[dict]) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(configmap_name(name, attempt), namespace, labels(name, attempt), owners),
+        "data": {CONFIG_FILE: resolved_config(body, namespace)},
+    }
+
+
+def _preflight_container(name: str, namespace: str, attempt: int, spec: Mapping, settings: OperatorSettings) -> dict:
+    workers = spec.get("workers") or {}
+    storage = spec.get("storage") or {}
+    env = [
+        {"name": "SFT_JOB_NAME", "value": name},
+        {"name": "SFT_JOB_NAMESPACE", "value": namespace},
+        {"name": "SFT_ATTEMPT", "value": str(attempt)},
+        {"name": "SFT_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+    ]
+    endpoint = storage.get("endpoint") or settings.storage_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": str(endpoint)})
+    env += [copy.deepcopy(e) for e in workers.get("env") or []]
+    resources = {k: {q: str(v) for q, v in (settings.preflight_resources.get(k) or {}).items()} for k in ("requests", "limits")}
+    container: dict[str, Any] = {
+        "name": PREFLIGHT_CONTAINER,
+        "image": workers.get("image") or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(PREFLIGHT_COMMAND),
+        "env": env,
+        "resources": {k: v for k, v in resources.items() if v},  # never a GPU: that is the point
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": "/tmp"},
+        ],
+        "securityContext": _container_security(),
+        # The file:line of a bad row is in the trainer's last log lines when it writes no message itself.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if storage.get("secretRef"):
+        container["envFrom"] = [{"secretRef": {"name": storage["secretRef"]}}]
+    return container
+
+
+def render_preflight(job: Any, *, attempt: int, spec_hash: str, settings: OperatorSettings | None = None) -> list[dict]:
+    """The attempt's ConfigMap and one CPU-only batch Job that runs the trainer's preflight on it."""
+    settings = settings or OperatorSettings.from_env()
+    body = _as_body(job)
+    meta = body.get("metadata") or {}
+    name = meta["name"]
+    namespace = meta.get("namespace") or "default"
+    spec = body.get("spec") or {}
+    owners = _owner_refs(meta)
+    lbls = {**labels(name, attempt), LABEL_COMPONENT: PREFLIGHT_COMPONENT, LABEL_SPEC_HASH: spec_hash,
+            "app.kubernetes.io/name": "sft-preflight"}
+    pod_spec = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # it reads data and a tokenizer; it never talks to the API
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": _pod_security(settings),
+        "containers": [_preflight_container(name, namespace, attempt, spec, settings)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": configmap_name(name, attempt)}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    preflight_job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(preflight_job_name(name, attempt), namespace, lbls, owners),
+        "spec": {
+            "completions": 1,
+            "parallelism": 1,
+            "backoffLimit": 0,  # the operator decides about a retry (restart_policy), not the Job
+            "activeDeadlineSeconds": settings.preflight_timeout_seconds,
+            "template": {"metadata": {"labels": dict(lbls)}, "spec": pod_spec},
+        },
+    }
+    return [_configmap(body, name, namespace, attempt, owners), preflight_job]

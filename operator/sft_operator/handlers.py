@@ -6,7 +6,13 @@ level-based, all funnel into `reconcile_job`):
 - every SFTJob event (create, spec change, the trainer's progress patches), and the initial listing
   at start-up, which picks up jobs created while the operator was down;
 - every event of a child Job or pod (labels `sft.dev/job-name`, `sft.dev/attempt`);
-- a timer per SFTJob (`SFT_RESYNC_SECONDS`) for the clocks: stall, deadline, TTL.
+- the pass's own `requeue_after`: the work queue re-adds the key when the next clock (deadline,
+  stall, TTL, a create backoff) is due;
+- a timer per SFTJob (`SFT_RESYNC_SECONDS`), a safety net only: no clock depends on it.
+
+Errors are classified (apply.py): temporary ones retry with the queue's per-key exponential backoff,
+permanent ones wait for the next change; a child the apiserver refuses is recorded in the SFTJob's
+status (condition ChildCreateFailed, a Warning event) and retried with the job's own backoff.
 
 Children are observed through kopf in-memory indices (no list calls per pass); the SFTJob itself is
 read fresh from the apiserver, and the status write is guarded by its resourceVersion.
@@ -26,10 +32,10 @@ import kopf
 from sft_api.contract import FINALIZER
 
 from . import metrics
-from .apply import ApiError, Conflict, KubeApi, write_result
+from .apply import ApiError, ChildRefused, Conflict, KubeApi, PermanentError, TemporaryError, classify, write_result
 from .children import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
-from .observe import Observation, observe_job, observe_pod, parse_time
-from .reconcile import Result, reconcile, validate_body
+from .observe import Observation, observation, observe_job, observe_pod, parse_time
+from .reconcile import Result, child_create_failed, reconcile, validate_body
 from .settings import OperatorSettings, load_settings
 from .workqueue import WorkQueue
 
@@ -44,7 +50,9 @@ class _State:
     def __init__(self) -> None:
         self.settings: OperatorSettings = load_settings()
         self._api: KubeApi | None = None
-        self.queue = WorkQueue(lambda key: _process(key), workers=self.settings.workers)
+        self.queue = WorkQueue(lambda key: _process(key), workers=self.settings.workers,
+                               retry_seconds=self.settings.retry_base_seconds,
+                               max_retry_seconds=self.settings.retry_max_seconds)
         self.indices: dict[str, Any] = {}
         self.metrics_server = None
 
@@ -120,7 +128,7 @@ def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes_idx) -> Observa
     missing: frozenset[str] = frozenset()
     if nodes_idx is not None:
         missing = frozenset(p.node for p in pods if p.node and p.node not in nodes_idx)
-    return Observation(jobs=jobs, pods=pods, missing_nodes=missing)
+    return observation(jobs, pods, missing)
 
 
 # -- the one reconcile path -------------------------------------------------------------------------
@@ -144,10 +152,29 @@ def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, no
             write_result(api, body, result)
         except Conflict:
             continue  # changed under us (often a progress patch): recompute from a fresh read
+        except ChildRefused as refused:
+            result = _record_refusal(key, obs, refused)
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         _record(key, body, result, now)
         return result
-    raise RuntimeError(f"SFTJob {namespace}/{name} kept changing during reconcile")
+    raise TemporaryError(f"SFTJob {namespace}/{name} kept changing during reconcile", delay=1.0)
+
+
+def _record_refusal(key: tuple[str, str], obs: Observation, refused: ChildRefused) -> Result:
+    """Write the refusal into the SFTJob's status (the status write above has landed already)."""
+    log.warning(f"{key[0]}/{key[1]}: {refused.kind} {refused.name} refused: {refused.error}")
+    for _ in range(5):
+        body = STATE.api.get("SFTJob", *key)
+        if body is None:
+            raise PermanentError(f"SFTJob {key[0]}/{key[1]} is gone")
+        result = child_create_failed(body, obs, datetime.now(timezone.utc), STATE.settings, kind=refused.kind,
+                                     name=refused.name, code=refused.error.status, message=refused.error.message)
+        try:
+            write_result(STATE.api, body, result)
+            return result
+        except Conflict:
+            continue
+    raise TemporaryError(f"SFTJob {key[0]}/{key[1]} kept changing while its refused child was recorded", delay=1.0)
 
 
 def _record(key, body: Mapping, result: Result, now: datetime) -> None:
@@ -175,11 +202,12 @@ def _record(key, body: Mapping, result: Result, now: datetime) -> None:
         )
 
 
-def _process(key: tuple[str, str]) -> None:
-    """A work-queue pass: the kopf indices are the ones the handlers saw last."""
+def _process(key: tuple[str, str]) -> float | None:
+    """A work-queue pass: the kopf indices are the ones the handlers saw last. Returns the pass's
+    `requeue_after`; raises a classified error for the queue to retry (or not)."""
     namespace, name = key
     try:
-        reconcile_job(
+        result = reconcile_job(
             namespace,
             name,
             jobs_idx=STATE.indices.get("sft_child_jobs"),
@@ -189,12 +217,13 @@ def _process(key: tuple[str, str]) -> None:
     except ApiError as exc:
         if exc.status == 403 and "being terminated" in str(exc):
             log.info(f"namespace {namespace} is being deleted; nothing to create for {name}")
-            return
+            return None
         metrics.RECONCILE_ERRORS.inc()
-        raise
+        raise classify(exc) from exc
     except Exception:
         metrics.RECONCILE_ERRORS.inc()
         raise
+    return result.requeue_after if result is not None else None
 
 
 def _trigger(namespace: str | None, name: str | None, kwargs: Mapping) -> None:

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
-from .children import LABEL_ATTEMPT, LABEL_JOB
+from .children import LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB, LABEL_SPEC_HASH, PREFLIGHT_COMPONENT
 
-__all__ = ["PodObs", "JobObs", "Observation", "observe_pod", "observe_job", "observe", "parse_time", "fmt_time"]
+__all__ = ["PodObs", "JobObs", "Observation", "observe_pod", "observe_job", "observe", "observation", "parse_time",
+           "fmt_time"]
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -23,6 +24,14 @@ def parse_time(value: str | None) -> datetime | None:
 
 def fmt_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _preflight_hash(meta: Mapping) -> str | None:
+    """The spec hash a preflight child checks; None for the gang's children."""
+    lbls = meta.get("labels") or {}
+    if lbls.get(LABEL_COMPONENT) != PREFLIGHT_COMPONENT:
+        return None
+    return lbls.get(LABEL_SPEC_HASH) or ""
 
 
 def _attempt(meta: Mapping) -> int | None:
@@ -50,6 +59,8 @@ class PodObs:
     disruption_message: str | None = None
     unschedulable: str | None = None  # PodScheduled=False message
     finished_at: str | None = None
+    term_message: str | None = None  # the container's termination message (the trainer's last words)
+    preflight_hash: str | None = None  # set on the preflight pod: the spec hash it checks
 
     @property
     def failed(self) -> bool:
@@ -85,6 +96,7 @@ class JobObs:
     failed_reason: str | None = None  # Job condition Failed=True reason
     failed_message: str | None = None
     deleting: bool = False
+    preflight_hash: str | None = None  # set on the preflight Job: the spec hash it checks
 
     @property
     def finished(self) -> bool:
@@ -96,6 +108,9 @@ class Observation:
     jobs: tuple[JobObs, ...] = ()
     pods: tuple[PodObs, ...] = ()
     missing_nodes: frozenset[str] = field(default_factory=frozenset)
+    # The preflight Job and pod, apart: the gang logic (stale attempts, teardown) never sees them.
+    preflight_jobs: tuple[JobObs, ...] = ()
+    preflight_pods: tuple[PodObs, ...] = ()
 
     def job(self, attempt: int) -> JobObs | None:
         for j in self.jobs:
@@ -149,6 +164,8 @@ def observe_pod(pod: Mapping) -> PodObs:
         disruption_message=(disruption or {}).get("message") if disruption else None,
         unschedulable=unsched,
         finished_at=terminated.get("finishedAt"),
+        term_message=terminated.get("message"),
+        preflight_hash=_preflight_hash(meta),
     )
 
 
@@ -177,6 +194,19 @@ def observe_job(job: Mapping) -> JobObs:
         failed_reason=failed_reason,
         failed_message=failed_message,
         deleting=bool(meta.get("deletionTimestamp")),
+        preflight_hash=_preflight_hash(meta),
+    )
+
+
+def observation(jobs: Iterable[JobObs], pods: Iterable[PodObs], missing_nodes: frozenset[str] = frozenset()) -> Observation:
+    """An Observation of one SFTJob's observed children, the preflight ones set apart."""
+    jobs, pods = tuple(jobs), tuple(pods)
+    return Observation(
+        jobs=tuple(j for j in jobs if j.preflight_hash is None),
+        pods=tuple(p for p in pods if p.preflight_hash is None),
+        missing_nodes=missing_nodes,
+        preflight_jobs=tuple(j for j in jobs if j.preflight_hash is not None),
+        preflight_pods=tuple(p for p in pods if p.preflight_hash is not None),
     )
 
 
@@ -188,4 +218,4 @@ def observe(name: str, jobs: Iterable[Mapping], pods: Iterable[Mapping], node_na
     if node_names is not None:
         existing = set(node_names)
         missing = frozenset(p.node for p in pods_o if p.node and p.node not in existing)
-    return Observation(jobs=jobs_o, pods=pods_o, missing_nodes=missing)
+    return observation(jobs_o, pods_o, missing)

@@ -61,6 +61,17 @@ class OperatorSettings:
     peering_lifetime_seconds: int = 60
     # -- run as the trainer pods' user (restricted PSS needs a non-root uid)
     run_as_user: int = 1000
+    # -- resources of the CPU-only preflight pod (never a GPU)
+    preflight_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"},
+                                                               "limits": {"memory": "8Gi"}})
+    # -- seconds the preflight Job may run (its activeDeadlineSeconds)
+    preflight_timeout_seconds: int = 3600
+    # -- first delay of a retry (a failed pass, a child the apiserver refused); it doubles per failure
+    retry_base_seconds: float = 2.0
+    # -- the longest delay between retries
+    retry_max_seconds: float = 300.0
+    # -- seconds each non-training trainer phase may last, overriding the stall policy's defaults
+    phase_timeouts: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "OperatorSettings":
@@ -81,6 +92,11 @@ class OperatorSettings:
             health_port=_env("SFT_OPERATOR_HEALTH_PORT", d.health_port, int),
             run_as_user=_env("SFT_RUN_AS_USER", d.run_as_user, int),
             peering_lifetime_seconds=_env("SFT_PEERING_LIFETIME_SECONDS", d.peering_lifetime_seconds, int),
+            preflight_resources=_env("SFT_PREFLIGHT_RESOURCES", d.preflight_resources, _json_dict),
+            preflight_timeout_seconds=_env("SFT_PREFLIGHT_TIMEOUT_SECONDS", d.preflight_timeout_seconds, int),
+            retry_base_seconds=_env("SFT_RETRY_BASE_SECONDS", d.retry_base_seconds, float),
+            retry_max_seconds=_env("SFT_RETRY_MAX_SECONDS", d.retry_max_seconds, float),
+            phase_timeouts=_env("SFT_PHASE_TIMEOUTS", {}, _json_dict),
         )
 
     def describe(self) -> dict:

@@ -2,7 +2,12 @@
 
 - a key waiting in the queue is there once, however many triggers arrive (bursts coalesce);
 - a key is never processed by two workers at once; a trigger during processing runs it again after;
-- a failed pass is retried after a delay.
+- a pass may ask to run again later: `process(key)` returns seconds (the reconcile's
+  `requeue_after`) and the key is re-added then; an earlier request for the same key wins;
+- a failed pass is retried with exponential backoff per key (`base * 2**(failures-1)`, at most
+  `max_retry_seconds`), reset by the key's next successful pass. An error with a `delay` (a
+  TemporaryError that knows when to retry) waits that long instead; one marked `permanent` is not
+  retried (the next trigger of the key runs it again), as kopf treats PermanentError.
 
 kopf handlers only `add()` keys and return at once, so a slow apiserver never blocks kopf's own
 event processing (a blocked handler would delay every other object's events).
@@ -10,8 +15,11 @@ event processing (a blocked handler would delay every other object's events).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from typing import Callable, Hashable
 
@@ -21,57 +29,105 @@ __all__ = ["WorkQueue"]
 
 
 class WorkQueue:
-    def __init__(self, process: Callable[[Hashable], None], *, workers: int = 4, retry_seconds: float = 2.0):
+    def __init__(self, process: Callable[[Hashable], float | None], *, workers: int = 4, retry_seconds: float = 2.0,
+                 max_retry_seconds: float = 300.0):
         self._process = process
         self._workers = workers
         self._retry = retry_seconds
-        self._cv = threading.Condition()
+        self._max_retry = max_retry_seconds
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)  # workers wait here
+        self._delay_cv = threading.Condition(self._lock)  # the delay thread waits here
         self._queue: deque[Hashable] = deque()
         self._queued: set[Hashable] = set()
         self._active: set[Hashable] = set()
         self._again: set[Hashable] = set()
+        self._failures: dict[Hashable, int] = {}
+        self._due: dict[Hashable, float] = {}  # key -> monotonic time of its delayed add
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
         self._threads: list[threading.Thread] = []
         self._stopped = False
 
     def start(self) -> None:
-        with self._cv:
+        with self._lock:
             if self._threads:
                 return
             self._stopped = False
-            for i in range(self._workers):
-                t = threading.Thread(target=self._run, name=f"sft-reconcile-{i}", daemon=True)
+            targets = [(self._run, f"sft-reconcile-{i}") for i in range(self._workers)] + [(self._delays, "sft-requeue")]
+            for target, name in targets:
+                t = threading.Thread(target=target, name=name, daemon=True)
                 t.start()
                 self._threads.append(t)
 
     def stop(self, timeout: float = 5.0) -> None:
-        with self._cv:
+        with self._lock:
             self._stopped = True
             self._cv.notify_all()
+            self._delay_cv.notify_all()
         for t in self._threads:
             t.join(timeout)
         self._threads = []
 
     def add(self, key: Hashable) -> None:
-        with self._cv:
-            if key in self._active:
-                self._again.add(key)  # it changed while being processed: once more afterwards
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
-                self._cv.notify()
+        with self._lock:
+            self._add_locked(key)
+
+    def _add_locked(self, key: Hashable) -> None:
+        if key in self._active:
+            self._again.add(key)  # it changed while being processed: once more afterwards
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+            self._cv.notify()
 
     def add_after(self, key: Hashable, seconds: float) -> None:
-        timer = threading.Timer(seconds, self.add, args=(key,))
-        timer.daemon = True
-        timer.start()
+        """Add `key` in `seconds`; a delayed add already due sooner for the key makes this one moot."""
+        if seconds <= 0:
+            self.add(key)
+            return
+        due = time.monotonic() + seconds
+        with self._lock:
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, next(self._seq), key))
+            self._delay_cv.notify()
+
+    def backoff(self, key: Hashable) -> float:
+        """Count one more failure of `key`; the seconds to wait before its retry."""
+        with self._lock:
+            n = self._failures[key] = self._failures.get(key, 0) + 1
+        return min(self._max_retry, self._retry * 2 ** min(n - 1, 62))
+
+    def failures(self, key: Hashable) -> int:
+        with self._lock:
+            return self._failures.get(key, 0)
+
+    def forget(self, key: Hashable) -> None:
+        """The key's pass succeeded: its next failure starts the backoff from the beginning."""
+        with self._lock:
+            self._failures.pop(key, None)
 
     def __len__(self) -> int:
-        with self._cv:
+        with self._lock:
             return len(self._queue)
+
+    def _delays(self) -> None:
+        with self._lock:
+            while not self._stopped:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    due, _, key = heapq.heappop(self._heap)
+                    if self._due.get(key) == due:  # not superseded by an earlier request
+                        del self._due[key]
+                        self._add_locked(key)
+                timeout = self._heap[0][0] - now if self._heap else None
+                self._delay_cv.wait(timeout)
 
     def _run(self) -> None:
         while True:
-            with self._cv:
+            with self._lock:
                 while not self._queue and not self._stopped:
                     self._cv.wait()
                 if self._stopped:
@@ -80,12 +136,9 @@ class WorkQueue:
                 self._queued.discard(key)
                 self._active.add(key)
             try:
-                self._process(key)
-            except Exception:  # the pass is retried; the error is in the log and in a metric
-                log.exception(f"reconcile of {key} failed; retrying in {self._retry:.0f}s")
-                self.add_after(key, self._retry)
+                self._once(key)
             finally:
-                with self._cv:
+                with self._lock:
                     self._active.discard(key)
                     if key in self._again:
                         self._again.discard(key)
@@ -93,3 +146,22 @@ class WorkQueue:
                             self._queued.add(key)
                             self._queue.append(key)
                             self._cv.notify()
+
+    def _once(self, key: Hashable) -> None:
+        try:
+            requeue = self._process(key)
+        except Exception as exc:  # the error is in the log and in a metric
+            if getattr(exc, "permanent", False):
+                self.forget(key)
+                log.error(f"reconcile of {key} failed permanently, not retried until its next change: {exc}")
+                return
+            delay = getattr(exc, "delay", None)
+            backoff = self.backoff(key)
+            wait = float(delay) if delay is not None else backoff
+            log.warning(f"reconcile of {key} failed (failure {self.failures(key)}); retrying in {wait:.1f}s: {exc}",
+                        exc_info=not hasattr(exc, "delay"))
+            self.add_after(key, wait)
+            return
+        self.forget(key)
+        if requeue is not None:
+            self.add_after(key, float(requeue))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sft_operator.children import LABEL_ATTEMPT, LABEL_JOB, job_name
+from sft_operator.children import (LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB, LABEL_SPEC_HASH, PREFLIGHT_COMPONENT,
+                                   job_name, preflight_job_name)
 from sft_operator.observe import fmt_time, observe
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -15,7 +16,9 @@ def at(seconds: float) -> datetime:
 
 
 def sftjob(name="demo", *, nodes=2, gpus=8, status=None, suspend=False, labels=None, annotations=None,
-           max_restarts=3, stall=None, deadline=None, ttl=None, generation=1, deleting=False, extra_spec=None):
+           max_restarts=3, stall=None, deadline=None, ttl=None, generation=1, deleting=False, extra_spec=None,
+           preflight=False):
+    """`preflight=False` skips the preflight pod (spec.preflight.enabled: false), so the gang comes first."""
     spec = {
         "model": {"uri": "file:///models/tiny"},
         "datasets": [{"uri": "file:///data/train.jsonl", "format": "messages"}],
@@ -29,6 +32,7 @@ def sftjob(name="demo", *, nodes=2, gpus=8, status=None, suspend=False, labels=N
         "suspend": suspend,
         "activeDeadlineSeconds": deadline,
         "ttlSecondsAfterFinished": ttl,
+        "preflight": {"enabled": bool(preflight)},
     }
     spec["failurePolicy"] = {k: v for k, v in spec["failurePolicy"].items() if v is not None}
     spec = {k: v for k, v in spec.items() if v is not None}
@@ -81,6 +85,32 @@ def pod(name="demo", attempt=1, index=0, *, phase="Running", node="gpu-0", exit_
         st["reason"] = status_reason
         st["message"] = f"{status_reason} message"
     return {"metadata": meta, "spec": {"nodeName": node} if node else {}, "status": st}
+
+
+def with_message(raw_pod, message):
+    """The pod's container terminated with this termination message."""
+    raw_pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = message
+    return raw_pod
+
+
+def _preflight(raw, digest, name):
+    raw["metadata"]["labels"].update({LABEL_COMPONENT: PREFLIGHT_COMPONENT, LABEL_SPEC_HASH: digest})
+    return raw
+
+
+def preflight_job(digest, name="demo", attempt=1, **kw):
+    """The preflight Job of `attempt` that checks spec hash `digest` (kjob()'s keywords)."""
+    raw = _preflight(kjob(name, attempt, **kw), digest, name)
+    raw["metadata"]["name"] = preflight_job_name(name, attempt)
+    return raw
+
+
+def preflight_pod(digest, name="demo", attempt=1, message=None, **kw):
+    """Its pod (pod()'s keywords); `message` is the container's termination message."""
+    raw = _preflight(pod(name, attempt, **kw), digest, name)
+    raw["metadata"]["name"] = f"{preflight_job_name(name, attempt)}-x"
+    raw["metadata"]["annotations"] = {}
+    return with_message(raw, message) if message is not None else raw
 
 
 def obs(jobs=(), pods=(), nodes=None, name="demo"):

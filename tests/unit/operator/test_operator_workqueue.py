@@ -1,5 +1,5 @@
 """workqueue: bursts coalesce, a key never runs twice at once, a trigger during a pass runs it again,
-failures are retried."""
+failures back off exponentially per key, passes can ask to run again later."""
 
 import threading
 import time
@@ -61,5 +61,106 @@ def test_failed_pass_is_retried():
     try:
         q.add("x")
         wait_for(lambda: len(calls) == 2)
+    finally:
+        q.stop()
+
+
+class Temporary(Exception):
+    def __init__(self, delay=None):
+        super().__init__("temporary")
+        self.delay = delay
+
+
+class Permanent(Exception):
+    permanent = True
+
+
+def run_queue(process, **kw):
+    q = WorkQueue(process, workers=2, **kw)
+    q.start()
+    return q
+
+
+def test_failures_back_off_exponentially_per_key_and_reset_on_success():
+    times: list[float] = []
+
+    def process(key):
+        times.append(time.monotonic())
+        if len(times) <= 4:
+            raise RuntimeError("apiserver hiccup")
+
+    q = run_queue(process, retry_seconds=0.05, max_retry_seconds=10)
+    try:
+        q.add("k")
+        wait_for(lambda: len(times) == 5)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        # 0.05, 0.1, 0.2, 0.4 s: each retry waits about twice the one before
+        for gap, want in zip(gaps, [0.05, 0.1, 0.2, 0.4]):
+            assert want * 0.9 <= gap < want + 0.5, gaps
+        assert q.failures("k") == 0  # the fifth pass succeeded: the backoff starts over
+    finally:
+        q.stop()
+
+
+def test_backoff_is_capped():
+    q = WorkQueue(lambda key: None, retry_seconds=1, max_retry_seconds=5)
+    assert [q.backoff("a") for _ in range(5)] == [1, 2, 4, 5, 5]
+    assert q.backoff("b") == 1  # per key
+    q.forget("a")
+    assert q.backoff("a") == 1
+
+
+def test_a_temporary_error_with_a_delay_waits_that_delay():
+    times: list[float] = []
+
+    def process(key):
+        times.append(time.monotonic())
+        if len(times) == 1:
+            raise Temporary(delay=0.3)
+
+    q = run_queue(process, retry_seconds=0.01)
+    try:
+        q.add("k")
+        wait_for(lambda: len(times) == 2)
+        assert times[1] - times[0] >= 0.29
+    finally:
+        q.stop()
+
+
+def test_a_permanent_error_is_not_retried_until_the_next_trigger():
+    calls = []
+
+    def process(key):
+        calls.append(key)
+        raise Permanent("422 Invalid")
+
+    q = run_queue(process, retry_seconds=0.01)
+    try:
+        q.add("k")
+        wait_for(lambda: len(calls) == 1)
+        time.sleep(0.2)
+        assert calls == ["k"]
+        q.add("k")
+        wait_for(lambda: len(calls) == 2)
+    finally:
+        q.stop()
+
+
+def test_requeue_after_runs_the_key_again_and_the_earliest_request_wins():
+    times: list[float] = []
+
+    def process(key):
+        times.append(time.monotonic())
+        return 0.2 if len(times) == 1 else None
+
+    q = run_queue(process)
+    try:
+        q.add("k")
+        wait_for(lambda: len(times) == 1)
+        q.add_after("k", 5.0)  # later than the pass's own request: moot
+        wait_for(lambda: len(times) == 2)
+        assert 0.19 <= times[1] - times[0] < 1.0
+        time.sleep(0.3)
+        assert len(times) == 2
     finally:
         q.stop()

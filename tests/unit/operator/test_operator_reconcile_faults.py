@@ -1,0 +1,85 @@
+"""Faults visible in status, and the clocks' requeue_after: a refused child, its backoff, the deadline
+counted from the first creation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sftop_factories import at, kjob, obs, sftjob
+from test_operator_reconcile import S, applied, both_running, cond, run, running_status
+
+from sft_operator.reconcile import child_create_failed
+
+QUOTA = ('jobs.batch "demo-a1" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, '
+         'used: count/jobs.batch=0, limited: count/jobs.batch=0')
+
+
+def refuse(body, t, message=QUOTA, code=403):
+    return child_create_failed(body, obs(), at(t), S, kind="Job", name="demo-a1", code=code, message=message)
+
+
+def test_refused_job_sets_a_condition_with_the_apiservers_message_and_one_event():
+    body = applied(sftjob(), run(sftjob(), obs()))
+    r = refuse(body, 0)
+    c = cond(r, "ChildCreateFailed")
+    assert c["status"] == "True" and c["reason"] == "FailedCreate"
+    assert "exceeded quota: no-jobs" in c["message"] and "Job demo-a1" in c["message"] and "HTTP 403" in c["message"]
+    assert [(e.type, e.reason) for e in r.events] == [("Warning", "FailedCreate")]
+    assert "exceeded quota" in r.events[0].message
+    assert r.status["phase"] == "Pending"  # nothing failed for good: quota may be raised
+    assert r.requeue_after == 2.0
+    # The same refusal again: the condition is unchanged (no write, no second event), the backoff doubles.
+    body = applied(body, r)
+    r2 = refuse(body, 2)
+    assert r2.status_patch == {} and r2.events == [] and r2.requeue_after == 4.0
+    assert json.loads(r2.annotations["sft.dev/create-failures"])["failures"] == 2
+
+
+def test_every_trigger_during_the_backoff_waits_instead_of_creating():
+    body = applied(sftjob(), run(sftjob(), obs()))
+    for failures, t in enumerate([0, 2, 6, 14], start=1):  # each retry comes when its backoff ends
+        body = applied(body, refuse(body, t))
+        early = run(body, obs(), t + 0.5)
+        assert early.apply == [] and early.requeue_after == pytest.approx(2.0 * 2 ** (failures - 1) - 0.5)
+        due = run(body, obs(), t + 2.0 * 2 ** (failures - 1))
+        assert [o["kind"] for o in due.apply][-1] == "Job"
+
+
+def test_created_children_clear_the_refusal():
+    body = applied(sftjob(), run(sftjob(), obs()))
+    body = applied(body, refuse(body, 0))
+    r = run(body, obs([kjob(active=2)]), 3)
+    assert cond(r, "ChildCreateFailed")["status"] == "False" and cond(r, "ChildCreateFailed")["reason"] == "ChildrenCreated"
+    assert r.annotations["sft.dev/create-failures"] is None
+
+
+def test_deadline_counts_from_the_first_creation_even_when_it_keeps_failing():
+    body = sftjob(deadline=30)
+    first = run(body, obs())
+    assert first.status["startTime"] == "2026-01-01T12:00:00Z" and first.requeue_after == 30
+    body = applied(body, first)
+    body = applied(body, refuse(body, 0))
+    assert run(body, obs(), 29).status["phase"] == "Pending"
+    r = run(body, obs(), 30)
+    assert r.status["phase"] == "Failed" and cond(r, "Failed")["reason"] == "DeadlineExceeded"
+    assert "exceeded quota" in cond(r, "ChildCreateFailed")["message"]  # why it never started stays visible
+
+
+@pytest.mark.parametrize(
+    "body, world, t, expected",
+    [
+        pytest.param(sftjob(status=running_status(), stall=60,
+                            annotations={"sft.dev/progress-seen": json.dumps({"attempt": 1, "phase": "training", "step": None,
+                                                                               "time": "2026-01-01T12:00:00Z"})}),
+                     both_running(), 20, 40.0, id="a running gang wakes when its stall clock is due"),
+        pytest.param(sftjob(status=running_status(), stall=60, deadline=30), both_running(), 20, 10.0,
+                     id="the nearer of stall and deadline wins"),
+        pytest.param(sftjob(status=running_status(phase="Succeeded", completionTime="2026-01-01T12:00:00Z"), ttl=100),
+                     obs([kjob(succeeded=2, complete=True)]), 40, 60.0, id="a finished job wakes for its TTL"),
+        pytest.param(sftjob(status=running_status()), both_running(), 5, None,
+                     id="no clock at all means no requeue"),
+    ],
+)
+def test_requeue_after_is_the_next_clock(body, world, t, expected):
+    assert run(body, world, t).requeue_after == expected
