@@ -2,7 +2,7 @@
 
 The CRD (``crds/sftjob.yaml`` and the Helm chart's copy), ``docs/api.md`` and client-side validation
 are all generated from these classes. Python attributes are snake_case; the wire names are the
-camelCase aliases of ARCHITECTURE §2.
+camelCase aliases documented in docs/api.md.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class MethodType(str, Enum):
     full = "full"
     lora = "lora"
     qlora = "qlora"
+
+
+class Objective(str, Enum):
+    sft = "sft"
 
 
 class LrScheduler(str, Enum):
@@ -165,6 +169,11 @@ class MethodSpec(_Model):
     """How the weights are trained."""
 
     schema_path: ClassVar[str] = "spec.method"
+    objective: Objective = Field(
+        Objective.sft,
+        description="What the weights learn from: sft (supervised fine-tuning on responses). Kept apart from "
+        "type, which says which weights train.",
+    )
     type: MethodType = Field(
         MethodType.lora,
         description="full (all weights), lora (PEFT adapters) or qlora (adapters on a 4-bit base; needs a GPU).",

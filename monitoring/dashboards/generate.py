@@ -5,7 +5,7 @@
     python monitoring/dashboards/generate.py --check   # fails if the JSON is out of date
 
 Then run `python charts/sft-operator/hack/sync.py` so the chart's ConfigMap carries the same JSON.
-Every query uses only metrics of ARCHITECTURE §4 and PromQL that Prometheus 2.42 understands; the
+Every query uses only metrics of docs/monitoring.md and PromQL that Prometheus 2.42 understands; the
 integration test runs each one against a real Prometheus after a real training run.
 """
 

@@ -1,4 +1,4 @@
-"""Operator metrics (ARCHITECTURE §4), on their own registry so tests can read them directly.
+"""Operator metrics (docs/monitoring.md), on their own registry so tests can read them directly.
 
 - sftoperator_jobs{phase}: SFTJobs by phase (Pending, Running, Restarting, Suspended, Succeeded, Failed)
 - sftoperator_reconcile_duration_seconds: one reconcile pass (read, compute, write)

@@ -21,7 +21,7 @@ import promdash  # noqa: E402
 DASHBOARD = ROOT / "monitoring" / "dashboards" / "sft-operator.json"
 GENERATOR = ROOT / "monitoring" / "dashboards" / "generate.py"
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms", "__auto", "__name"}
-# ARCHITECTURE §4 (plus the operator's reconcile error counter): the only metrics a query may use.
+# docs/monitoring.md (plus the operator's reconcile error counter): the only metrics a query may use.
 KNOWN_METRICS = {
     "sftjob_train_loss", "sftjob_eval_loss", "sftjob_learning_rate", "sftjob_grad_norm", "sftjob_tokens_per_second",
     "sftjob_tokens_total", "sftjob_step", "sftjob_total_steps", "sftjob_mfu_ratio", "sftjob_gpu_memory_used_bytes",

@@ -161,7 +161,31 @@ class SigtermCallback(TrainerCallback):
         return control
 
 
+# ---------------------------------------------------------------------------- max steps
+class AlreadyAtMaxSteps(Exception):
+    """Raised before a step past maxSteps: the run resumed a checkpoint taken at its last step."""
+
+
+class MaxStepsGuard(TrainerCallback):
+    """Nothing trains past maxSteps.
+
+    transformers resumes a checkpoint taken at ``max_steps`` in the middle of an epoch by running
+    one more step before its own stop check (measured: a finished 8-step run re-run unchanged
+    trained "step 9/8"). The guard raises before that step; ``train.run_training`` catches it and
+    goes on to the final evaluation with the state the checkpoint restored.
+    """
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            raise AlreadyAtMaxSteps(f"step {state.global_step} is already maxSteps {state.max_steps}")
+        return control
+
+
 # ---------------------------------------------------------------------------- checkpoints
+class CommitFailed(CheckpointError):
+    """A checkpoint could not be committed on some rank; every rank raises it (exit 1, retryable)."""
+
+
 class CheckpointCommitCallback(TrainerCallback):
     """Commit each checkpoint the trainer writes to the store, then apply retention.
 
@@ -252,24 +276,50 @@ class CheckpointCommitCallback(TrainerCallback):
             self._after_commit(step, uri, time.monotonic() - t0)
         self._t0 = None
 
+    def _attempt(self, what: str, fn, *a) -> tuple[Any, str | None]:
+        """(result, None), or (None, the error) once the retries are spent: never raises."""
+        try:
+            return self._with_retries(what, fn, *a), None
+        except Exception as e:  # noqa: BLE001 - reported to every rank, then raised there
+            log.error("%s failed after %d attempts: %s: %s", what, self.attempts, type(e).__name__, e)
+            return None, f"{type(e).__name__}: {e}"
+
+    @staticmethod
+    def _agree(dist, step: int, stage: str, error: str | None) -> None:
+        """Every rank shares its error (or None); all of them raise if any rank failed."""
+        errors: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+        failed = [(r, e) for r, e in enumerate(errors) if e]
+        if failed:
+            detail = "; ".join(f"rank {r}: {e}" for r, e in failed)
+            raise CommitFailed(f"commit of checkpoint {step} failed at {stage} ({detail}); "
+                               f"the previous committed checkpoint stays the latest")
+
     def _commit_distributed(self, dist, state, local_dir: Path, step: int) -> str | None:
-        # every rank has finished writing its part of the checkpoint
-        dist.barrier()
+        """Every rank reaches every collective whatever failed, so a failed upload on one rank fails
+        the commit on all of them within its retries, instead of the others blocking in the gather
+        until the process-group timeout. No marker is written unless every part was uploaded."""
+        dist.barrier()  # every rank has finished writing its part of the checkpoint
+        error = None
         if state.is_world_process_zero:
-            self.store.begin(step)
-        dist.barrier()
-        entries: list[FileEntry] = []
+            _, error = self._attempt(f"preparing checkpoint {step}", self.store.begin, step)
+        self._agree(dist, step, "begin", error)
+        entries, error = [], None
         if state.is_local_process_zero and local_dir.is_dir():
-            entries = self._with_retries(f"upload of step {step}", self.store.upload, local_dir, step)
+            entries, error = self._attempt(f"upload of step {step}", self.store.upload, local_dir, step)
         gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, entries)
-        uri = None
+        dist.all_gather_object(gathered, (entries or [], error))
+        failed = [(r, e) for r, (_, e) in enumerate(gathered) if e]
+        if failed:
+            detail = "; ".join(f"rank {r}: {e}" for r, e in failed)
+            raise CommitFailed(f"commit of checkpoint {step} failed at upload ({detail}); "
+                               f"the previous committed checkpoint stays the latest")
+        uri, error = None, None
         if state.is_world_process_zero:
-            merged = [e for part in gathered for e in (part or [])]
-            uri = self.store.write_marker(
-                step, merged, self.checkpoint_metrics(state.log_history, step)
-            )
-        dist.barrier()
+            merged = [e for part, _ in gathered for e in part]
+            uri, error = self._attempt(f"commit marker of step {step}", self.store.write_marker, step, merged,
+                                       self.checkpoint_metrics(state.log_history, step))
+        self._agree(dist, step, "marker", error)
         return uri
 
     def _after_commit(self, step: int, uri: str | None, seconds: float) -> None:
@@ -288,7 +338,7 @@ class CheckpointCommitCallback(TrainerCallback):
 
 # ---------------------------------------------------------------------------- metrics
 class PrometheusMetricsCallback(TrainerCallback):
-    """Serves ``/metrics`` from rank 0 and keeps the ARCHITECTURE §4 gauges current.
+    """Serves ``/metrics`` from rank 0 and keeps the docs/monitoring.md gauges current.
 
     ``port``: ``None`` reads ``SFT_METRICS_PORT`` (default 9400); 0 picks a free port (tests).
     """
@@ -513,7 +563,7 @@ def build_callbacks(
     before the progress that follows it.
     """
     reporter = reporter if reporter is not None else LogReporter()
-    cbs: list[TrainerCallback] = []
+    cbs: list[TrainerCallback] = [MaxStepsGuard()]
     if handle_sigterm:
         cbs.append(SigtermCallback())
     prom = PrometheusMetricsCallback(

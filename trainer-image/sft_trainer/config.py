@@ -170,6 +170,54 @@ class ResolvedConfig:
         ds = self.spec.training.deepspeed
         return ds is not None and self.cuda
 
+    @property
+    def zero3(self) -> bool:
+        """DeepSpeed ZeRO-3: parameters are sharded, so generation and saving are collective."""
+        return self.use_deepspeed and self.spec.training.deepspeed.zero_stage == 3
+
+    @property
+    def objective(self) -> str:
+        return _val(getattr(self.spec.method, "objective", None) or "sft")
+
+    @property
+    def nodes(self) -> int:
+        return self.spec.workers.nodes
+
+    @property
+    def storage(self) -> Any:
+        """``spec.storage``: credentials and endpoint for every s3:// URI of the job."""
+        return self.spec.storage
+
+    @property
+    def data(self) -> Any:
+        """What ``data.load_datasets`` reads: ``datasets``, ``split`` and ``storage``."""
+        return self.spec
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.spec.training.max_seq_length
+
+    @property
+    def max_bad_row_ratio(self) -> float:
+        return self.spec.preflight.max_bad_row_ratio
+
+    @property
+    def checkpoints_keep(self) -> int:
+        return self.spec.checkpoints.keep
+
+    @property
+    def golden_set(self) -> Any:
+        """``spec.eval.goldenSet``, or None."""
+        return self.spec.eval.golden_set if self.spec.eval is not None else None
+
+    @property
+    def min_pass_rate(self) -> float | None:
+        return self.golden_set.min_pass_rate if self.golden_set is not None else None
+
+    @property
+    def merge_adapters(self) -> bool:
+        return bool(self.spec.output and self.spec.output.merge_adapters) and self.method != "full"
+
     # ------------------------------------------------------------------ TRL / PEFT / DeepSpeed
     def deepspeed_config(self) -> dict[str, Any] | None:
         """The DeepSpeed JSON for ``spec.training.deepspeed``, consistent with the HF arguments.

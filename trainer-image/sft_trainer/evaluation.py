@@ -191,3 +191,44 @@ def score_golden(model: Any, tokenizer: Any, items: list[GoldenItem], *, max_new
     res.pass_rate = res.passed / res.total if res.total else 0.0
     res.by_task = {t: sum(v) / len(v) for t, v in sorted(by_task.items())}
     return res
+
+
+# ------------------------------------------------------------------ the run's evaluation steps
+def measure_untrained(cfg: Any, model: Any, inputs: Any, result: Any) -> None:
+    """Held-out exact match and the golden set before training (the table's "before" column)."""
+    result.exact_match_before = exact_match(model, inputs.tokenizer, inputs.splits.test)
+    if inputs.golden is not None:
+        result.golden_before = score_golden(model, inputs.tokenizer, inputs.golden,
+                                            max_new_tokens=cfg.golden_set.max_new_tokens).to_dict()
+
+
+def final_evaluation(cfg: Any, trainer: Any, method: Any, inputs: Any, result: Any, *, rank: int, measure: bool,
+                     phase: Any) -> None:
+    """Test loss on every rank; generation on rank 0 (on every rank under ZeRO-3, where it is collective)."""
+    if inputs.splits.test:
+        phase("evaluating the test split")
+        test = trainer.evaluate(eval_dataset=method.test_dataset(cfg, inputs.splits.test), metric_key_prefix="test")
+        result.test_loss = test.get("test_loss")
+    if rank != 0 and not cfg.zero3:
+        return
+    phase("generating answers for the held-out and golden sets")
+    if measure:
+        result.exact_match_after = exact_match(trainer.model, inputs.tokenizer, inputs.splits.test,
+                                               synced_gpus=cfg.zero3)
+    if inputs.golden is not None:
+        result.golden_after = score_golden(trainer.model, inputs.tokenizer, inputs.golden,
+                                           max_new_tokens=cfg.golden_set.max_new_tokens,
+                                           synced_gpus=cfg.zero3).to_dict()
+
+
+def golden_gate(result: Any) -> None:
+    """Below ``goldenSet.minPassRate``: exit GOLDEN_REGRESSION (non-retryable), with both figures."""
+    from .exit_codes import GOLDEN_REGRESSION
+
+    if result.golden_after is None or result.min_pass_rate is None:
+        return
+    rate = result.golden_after["pass_rate"]
+    if rate < result.min_pass_rate:
+        result.exit_code = GOLDEN_REGRESSION
+        result.message = (f"GoldenSetRegression: golden-set pass rate {rate:.2%} < "
+                          f"spec.eval.goldenSet.minPassRate {result.min_pass_rate:.2%}")

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a training run (ARCHITECTURE §4), served from rank 0.
+"""Prometheus metrics of a training run (docs/monitoring.md), served from rank 0.
 
 Every series carries the labels ``namespace`` and ``sftjob`` (the SFTJob's namespace and name;
 ``local`` and the job name under ``sftctl run``). The names are a public contract: dashboards and

@@ -1,7 +1,7 @@
 """The progress channel from rank 0 to the operator, behind one small interface.
 
 ``ProgressReporter.report(patch)`` takes a partial SFTJob status in camelCase, limited to the
-fields the trainer owns (ARCHITECTURE §2): ``progress``, ``metrics``, ``checkpoint``,
+fields the trainer owns (docs/api.md): ``progress``, ``metrics``, ``checkpoint``,
 ``worldSize`` and ``evaluation``. The operator owns ``phase`` and ``conditions``.
 
 - ``LogReporter``: local runs (``sftctl run``) log one compact line.
@@ -22,11 +22,10 @@ import threading
 import time
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+from sft_api.contract import GROUP, PLURAL, VERSION
+
 log = logging.getLogger(__name__)
 
-GROUP = "sft.dev"
-VERSION = "v1alpha1"
-PLURAL = "sftjobs"
 STATUS_FIELDS = frozenset({"progress", "metrics", "checkpoint", "worldSize", "evaluation"})
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 

@@ -1,4 +1,4 @@
-"""metrics.py names and labels (ARCHITECTURE §4) and settings.py env parsing."""
+"""metrics.py names and labels (docs/monitoring.md) and settings.py env parsing."""
 
 import pytest
 from prometheus_client import generate_latest

@@ -21,7 +21,7 @@ from sft_trainer.metrics import (
     peak_flops_for,
 )
 
-# ARCHITECTURE.md §4: the public metric names and their extra labels
+# docs/monitoring.md: the public metric names and their extra labels
 CONTRACT = {
     "sftjob_train_loss": set(),
     "sftjob_eval_loss": {"task_type"},

@@ -29,7 +29,7 @@ def packed_train_rows(tiny, tmp_path, conversations):
 
     from sft_trainer.config import ResolvedConfig
     from sft_trainer.data import to_trl_rows
-    from sft_trainer.train import _trainer_class
+    from sft_trainer.methods.sft import task_eval_trainer_class as _trainer_class
 
     tok, model = tiny
     job = make_job(training={"packing": True, "maxSeqLength": 64, "perDeviceBatchSize": 1})
