@@ -159,18 +159,22 @@ def _token_range(offsets: list[tuple[int, int]], span: tuple[int, int]) -> tuple
 
 
 def _close_turn(ids: list[int], a: int, b: int, info: TokenInfo) -> tuple[int, str]:
-    """End the turn [a, b) on its end-of-turn token: (new end, "" | "added" | "missing")."""
-    eots = [i for i in range(a, b) if ids[i] in info.eot_ids]
-    if eots:
-        last = eots[-1]
-        if all(info.blank(ids[i]) for i in range(last + 1, b)):
-            return last + 1, ""
-        return b, ""
+    """End the turn [a, b) on its end-of-turn token: (new end, "" | "added" | "missing").
+
+    A turn that ends on one drops the whitespace after it; otherwise the end-of-turn token that
+    follows (after whitespace) is added. An end-of-turn string *inside* the content (spelled as
+    text) does not end the turn: only the last non-blank token counts.
+    """
+    last = next((i for i in range(b - 1, a - 1, -1) if not info.blank(ids[i])), None)
+    if last is not None and ids[last] in info.eot_ids:
+        return last + 1, ""
     j = b
     while j < len(ids) and info.blank(ids[j]):
         j += 1
     if j < len(ids) and ids[j] in info.eot_ids:
         return j + 1, "added"
+    if any(ids[i] in info.eot_ids for i in range(a, b)):
+        return b, ""
     return b, "missing"
 
 
