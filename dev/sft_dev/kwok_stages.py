@@ -13,7 +13,8 @@ Outcomes (annotation ``sft.dev/kwok-outcome``):
                  writes it for an OOM-killed container)
   preempt     -> phase Failed, condition DisruptionTarget=True reason PreemptionByScheduler, exit 137
   evict       -> phase Failed, condition DisruptionTarget=True reason EvictionByEvictionAPI, exit 137
-Optional ``sft.dev/kwok-delay`` (a Go duration such as "5s") delays the outcome;
+Optional ``sft.dev/kwok-message`` is the containers' termination message (succeed and fail);
+optional ``sft.dev/kwok-delay`` (a Go duration such as "5s") delays the outcome;
 ``sft.dev/kwok-reason`` overrides the DisruptionTarget reason (e.g. DeletionByTaintManager) of
 preempt and evict, and the containers' termination reason of fail.
 """
@@ -24,6 +25,7 @@ OUTCOME_ANNOTATION = "sft.dev/kwok-outcome"
 EXIT_CODE_ANNOTATION = "sft.dev/kwok-exit-code"
 DELAY_ANNOTATION = "sft.dev/kwok-delay"
 REASON_ANNOTATION = "sft.dev/kwok-reason"
+MESSAGE_ANNOTATION = "sft.dev/kwok-message"  # the containers' termination message (what the trainer wrote)
 NODE_ANNOTATION = "kwok.x-k8s.io/node"  # value "fake": nodes kwok manages
 
 DISRUPTION_REASONS = {"preempt": "PreemptionByScheduler", "evict": "EvictionByEvictionAPI"}
@@ -310,6 +312,7 @@ _TERMINATED = """\
       {{{{ $annotations := or .metadata.annotations dict }}}}
       {{{{ $exitCode := or ( index $annotations "{exit_annotation}" ) "{default_exit}" }}}}
       {{{{ $reason := or ( index $annotations "{reason_annotation}" ) "{default_reason}" }}}}
+      {{{{ $message := or ( index $annotations "sft.dev/kwok-message" ) "" }}}}
       containerStatuses:
       {{{{ range .spec.containers }}}}
       - image: {{{{ .image | Quote }}}}
@@ -321,6 +324,7 @@ _TERMINATED = """\
           terminated:
             exitCode: {{{{ $exitCode }}}}
             finishedAt: {{{{ $now | Quote }}}}
+            message: {{{{ $message | Quote }}}}
             reason: {container_reason}
             startedAt: {{{{ $now | Quote }}}}
       {{{{ end }}}}

@@ -22,7 +22,7 @@ class PodDriver:
         self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
 
     def set_outcome(self, namespace: str, name: str, outcome: str, exit_code: int | None = None,
-                    reason: str | None = None, delay: str | None = None) -> None:
+                    reason: str | None = None, delay: str | None = None, message: str | None = None) -> None:
         if outcome not in ("succeed", "fail", "preempt", "evict"):
             raise ValueError(f"outcome {outcome!r}: expected succeed, fail, preempt or evict")
         ann: dict[str, str | None] = {ks.OUTCOME_ANNOTATION: outcome}
@@ -32,6 +32,8 @@ class PodDriver:
             ann[ks.REASON_ANNOTATION] = reason
         if delay is not None:
             ann[ks.DELAY_ANNOTATION] = delay
+        if message is not None:
+            ann[ks.MESSAGE_ANNOTATION] = message
         self._annotate(namespace, name, ann)
 
     def set_outcome_for(self, namespace: str, label_selector: str, outcome: str, count: int | None = None,
@@ -44,16 +46,17 @@ class PodDriver:
             self.set_outcome(namespace, n, outcome, **kw)
         return names
 
-    def succeed(self, namespace: str, name: str, wait: bool = True, timeout: float = 30) -> client.V1Pod:
-        self.set_outcome(namespace, name, "succeed")
+    def succeed(self, namespace: str, name: str, wait: bool = True, timeout: float = 30,
+                message: str | None = None) -> client.V1Pod:
+        self.set_outcome(namespace, name, "succeed", message=message)
         return self.wait_for_phase(namespace, name, "Succeeded", timeout) if wait else None
 
     def fail(self, namespace: str, name: str, exit_code: int = 1, wait: bool = True,
-             timeout: float = 30, reason: str | None = None) -> client.V1Pod:
+             timeout: float = 30, reason: str | None = None, message: str | None = None) -> client.V1Pod:
         """Terminate the pod's containers with ``exit_code``; ``reason`` is the containers'
         termination reason (default ``Error``; ``OOMKilled`` with 137 is what the kubelet writes
-        when the kernel OOM-kills a container)."""
-        self.set_outcome(namespace, name, "fail", exit_code=exit_code, reason=reason)
+        when the kernel OOM-kills a container); ``message`` is their termination message."""
+        self.set_outcome(namespace, name, "fail", exit_code=exit_code, reason=reason, message=message)
         return self.wait_for_phase(namespace, name, "Failed", timeout) if wait else None
 
     def preempt(self, namespace: str, name: str, reason: str = "PreemptionByScheduler", wait: bool = True,

@@ -148,13 +148,34 @@ class Sft:
     def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict:
         return self.wait(name, lambda s: s.get("phase") == phase, timeout, f"phase {phase}")
 
-    def jobs(self, name: str, attempt: int | None = None) -> list:
+    @staticmethod
+    def _selector(name: str, attempt: int | None, preflight: bool) -> str:
         sel = f"sft.dev/job-name={name}" + (f",sft.dev/attempt={attempt}" if attempt is not None else "")
-        return self.batch.list_namespaced_job(self.ns, label_selector=sel).items
+        return sel + (",sft.dev/component=preflight" if preflight else ",sft.dev/component!=preflight")
+
+    def jobs(self, name: str, attempt: int | None = None) -> list:
+        """The gang's Jobs (the preflight's are `preflight_jobs`)."""
+        return self.batch.list_namespaced_job(self.ns, label_selector=self._selector(name, attempt, False)).items
 
     def pods(self, name: str, attempt: int | None = None) -> list:
-        sel = f"sft.dev/job-name={name}" + (f",sft.dev/attempt={attempt}" if attempt is not None else "")
-        return self.core.list_namespaced_pod(self.ns, label_selector=sel).items
+        """The gang's pods (the preflight's are `preflight_pods`)."""
+        return self.core.list_namespaced_pod(self.ns, label_selector=self._selector(name, attempt, False)).items
+
+    def preflight_jobs(self, name: str, attempt: int | None = None) -> list:
+        return self.batch.list_namespaced_job(self.ns, label_selector=self._selector(name, attempt, True)).items
+
+    def preflight_pods(self, name: str, attempt: int | None = None) -> list:
+        return self.core.list_namespaced_pod(self.ns, label_selector=self._selector(name, attempt, True)).items
+
+    def running_preflight_pod(self, name: str, attempt: int = 1, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pods = [p for p in self.preflight_pods(name, attempt) if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+            if pods:
+                return pods[0]
+            time.sleep(0.2)
+        raise AssertionError(f"no running preflight pod of {name} attempt {attempt} in {timeout}s: "
+                             f"{[(p.metadata.name, p.status.phase) for p in self.preflight_pods(name)]}")
 
     def running_pods(self, name: str, attempt: int, count: int, timeout: float = 60) -> list:
         deadline = time.monotonic() + timeout
@@ -201,6 +222,8 @@ class Sft:
 
 
 def sftjob_manifest(name: str, *, nodes: int = 2, gpus: int = 8, **spec_overrides) -> dict:
+    """A small SFTJob. It skips the preflight pod (`preflight: {enabled: false}`) so that the gang comes
+    first; the tests of the preflight, and the happy path, turn it on with `preflight={"enabled": True}`."""
     spec = {
         "model": {"uri": "builtin://tiny-llama"},
         "datasets": [{"uri": "data/quickstart/train.jsonl", "format": "messages"}],
@@ -210,6 +233,7 @@ def sftjob_manifest(name: str, *, nodes: int = 2, gpus: int = 8, **spec_override
         "storage": {"secretRef": "s3-credentials", "endpoint": "http://127.0.0.1:8333"},
         "workers": {"nodes": nodes, "gpusPerNode": gpus, "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
         "failurePolicy": {"maxRestarts": 3, "stallTimeoutSeconds": 3600},
+        "preflight": {"enabled": False},
     }
     for key, value in spec_overrides.items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):

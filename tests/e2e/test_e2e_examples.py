@@ -1,4 +1,5 @@
-"""Every file in examples/ is applied and reconciled to running pods on the dev cluster."""
+"""Every file in examples/ is applied and reconciled to running pods on the dev cluster, through the
+preflight pod that each of them runs first by default (kwok plays a passing preflight)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_reaches_running_pods(operator, sft, path):
+def test_example_reaches_running_pods(operator, sft, kwok_pods, path):
     body = yaml.safe_load(path.read_text())
     name = body["metadata"]["name"]
     workers = body["spec"].get("workers", {})
@@ -29,6 +30,14 @@ def test_example_reaches_running_pods(operator, sft, path):
                 raise
     sft.apply(body)
     try:
+        if (body["spec"].get("preflight") or {}).get("enabled", True):
+            # The default: one CPU-only preflight pod first, and no gang until it passes.
+            check = sft.running_preflight_pod(name)
+            assert "nvidia.com/gpu" not in (check.spec.containers[0].resources.requests or {})
+            assert sft.jobs(name) == []
+            kwok_pods.succeed(sft.ns, check.metadata.name, message="preflight ok")
+            st = sft.wait(name, lambda s: (s.get("preflight") or {}).get("passed") is True, 30, "preflight passed")
+            assert st["preflight"]["message"] == "preflight passed: preflight ok"
         queue = (body["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
         if queue:  # admit it, as Kueue would
             sft.wait(name, lambda s: s.get("phase") == "Pending" and any(c.get("reason") == "Queued" for c in s.get("conditions", [])), 30, "Queued")

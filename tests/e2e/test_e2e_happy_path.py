@@ -1,4 +1,4 @@
-"""apply -> Job, Service, ConfigMap with the right env and resources -> pods on GPU nodes -> progress
+"""apply -> preflight pod passes -> Job, Service, ConfigMap with the right env and resources -> pods on GPU nodes -> progress
 in status -> success -> Succeeded with completionTime; events, printer columns and metrics along the way."""
 
 from __future__ import annotations
@@ -11,7 +11,12 @@ from sft_e2e_helpers import cond, sftjob_manifest
 
 def test_happy_path(operator, sft, kwok_pods, kubectl):
     name = "happy"
-    sft.apply(sftjob_manifest(name, nodes=2, gpus=8))
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=8, preflight={"enabled": True}))
+
+    # The preflight first: one CPU-only pod; it passes (as the trainer's would on this data).
+    check = sft.running_preflight_pod(name)
+    assert "nvidia.com/gpu" not in (check.spec.containers[0].resources.limits or {}) and sft.jobs(name) == []
+    kwok_pods.succeed(sft.ns, check.metadata.name, message="preflight ok")
 
     # Children of attempt 1.
     deadline = time.monotonic() + 30
@@ -61,7 +66,7 @@ def test_happy_path(operator, sft, kwok_pods, kubectl):
     assert st["completionTime"] and cond(st, "Succeeded")["status"] == "True"
     assert st["progress"]["step"] == 10  # the operator never overwrote the trainer's fields
 
-    sft.wait_events(name, {"AttemptCreated", "PodsRunning", "Completed"})
+    sft.wait_events(name, {"PreflightRunning", "PreflightPassed", "AttemptCreated", "PodsRunning", "Completed"})
     text = operator.metrics()
     assert 'sftoperator_build_info{version=' in text
     assert 'sftoperator_jobs{phase="Succeeded"}' in text

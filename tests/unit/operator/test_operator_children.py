@@ -155,7 +155,8 @@ def test_default_image_and_resources_from_settings():
     assert c["image"] == "registry/trainer:1" and c["resources"]["requests"]["cpu"] == "8"
 
 
-@pytest.mark.parametrize("name", ["a" * 50, "x"])
+@pytest.mark.parametrize("name", [pytest.param("a" * 50, id="the longest name is shortened with a hash"),
+                                  pytest.param("x", id="a short name is kept")])
 def test_names_fit_dns_labels(name):
     for attempt in (1, 999):
         jn = job_name(name, attempt)
@@ -171,7 +172,15 @@ def test_every_example_renders_from_the_model(path):
     assert int(env["WORLD_SIZE"]["value"]) == job.spec.workers.nodes * max(job.spec.workers.gpus_per_node, 1)
 
 
-@pytest.mark.parametrize("grace,timeout", [(600, 585), (900, 885), (31, 16), (30, 15), (10, 5), (1, 1), (0, 1)])
+@pytest.mark.parametrize("grace,timeout", [
+    pytest.param(600, 585, id="the default grace keeps a 15 s margin"),
+    pytest.param(900, 885, id="a longer grace keeps the same margin"),
+    pytest.param(31, 16, id="just above twice the margin keeps the margin"),
+    pytest.param(30, 15, id="at twice the margin it halves"),
+    pytest.param(10, 5, id="a short grace halves"),
+    pytest.param(1, 1, id="one second gives one second"),
+    pytest.param(0, 1, id="no grace still gives one second"),
+])
 def test_torchrun_shutdown_timeout_fits_in_the_grace_period(grace, timeout):
     from sft_operator.children import shutdown_timeout
 

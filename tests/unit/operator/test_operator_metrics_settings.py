@@ -37,7 +37,26 @@ def test_settings_from_env(monkeypatch):
     assert s.resync_seconds == 2.5 and s.master_port == 29500
 
 
-@pytest.mark.parametrize("name, value", [("SFT_MASTER_PORT", "abc"), ("SFT_DEFAULT_RESOURCES", "[1]"), ("SFT_DEFAULT_RESOURCES", "{bad")])
+def test_retry_preflight_and_phase_settings_from_env(monkeypatch):
+    monkeypatch.setenv("SFT_RETRY_BASE_SECONDS", "0.5")
+    monkeypatch.setenv("SFT_RETRY_MAX_SECONDS", "60")
+    monkeypatch.setenv("SFT_PREFLIGHT_RESOURCES", '{"requests": {"cpu": "2"}}')
+    monkeypatch.setenv("SFT_PREFLIGHT_TIMEOUT_SECONDS", "900")
+    monkeypatch.setenv("SFT_PHASE_TIMEOUTS", '{"downloading": 600}')
+    s = OperatorSettings.from_env()
+    assert (s.retry_base_seconds, s.retry_max_seconds, s.preflight_timeout_seconds) == (0.5, 60.0, 900)
+    assert s.preflight_resources == {"requests": {"cpu": "2"}} and s.phase_timeouts == {"downloading": 600}
+    d = OperatorSettings()
+    assert d.retry_base_seconds == 2.0 and d.retry_max_seconds == 300.0
+    assert "nvidia.com/gpu" not in str(d.preflight_resources)
+
+
+@pytest.mark.parametrize("name, value", [
+    pytest.param("SFT_MASTER_PORT", "abc", id="a port that is not a number"),
+    pytest.param("SFT_DEFAULT_RESOURCES", "[1]", id="resources that are not an object"),
+    pytest.param("SFT_DEFAULT_RESOURCES", "{bad", id="resources that are not JSON"),
+    pytest.param("SFT_PHASE_TIMEOUTS", "[1]", id="phase timeouts that are not an object"),
+])
 def test_bad_settings_name_the_variable(monkeypatch, capsys, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

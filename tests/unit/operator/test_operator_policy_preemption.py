@@ -11,16 +11,16 @@ from sft_operator.policies.preemption import disruption_of, job_disruption
 @pytest.mark.parametrize(
     "raw, missing, reason",
     [
-        (pod(disruption="PreemptionByScheduler"), set(), Reason.PREEMPTED),
-        (pod(disruption="EvictionByEvictionAPI", phase="Failed"), set(), Reason.EVICTED),
-        (pod(disruption="TerminationByKubelet", phase="Failed"), set(), Reason.EVICTED),
-        (pod(disruption="DeletionByTaintManager"), set(), Reason.NODE_LOST),
-        (pod(disruption="DeletionByPodGC", phase="Failed"), set(), Reason.NODE_LOST),
-        (pod(disruption="SomethingNew"), set(), Reason.PREEMPTED),
-        (pod(node="gpu-9"), {"gpu-9"}, Reason.NODE_LOST),
-        (pod(phase="Failed", status_reason="Evicted"), set(), Reason.EVICTED),
-        (pod(phase="Failed", exit_code=1), set(), None),
-        (pod(node="gpu-1"), {"gpu-9"}, None),
+        pytest.param(pod(disruption="PreemptionByScheduler"), set(), Reason.PREEMPTED, id="scheduler preemption is Preempted"),
+        pytest.param(pod(disruption="EvictionByEvictionAPI", phase="Failed"), set(), Reason.EVICTED, id="the Eviction API is Evicted"),
+        pytest.param(pod(disruption="TerminationByKubelet", phase="Failed"), set(), Reason.EVICTED, id="a kubelet termination is Evicted"),
+        pytest.param(pod(disruption="DeletionByTaintManager"), set(), Reason.NODE_LOST, id="a taint-manager deletion is NodeLost"),
+        pytest.param(pod(disruption="DeletionByPodGC", phase="Failed"), set(), Reason.NODE_LOST, id="pod GC after node loss is NodeLost"),
+        pytest.param(pod(disruption="SomethingNew"), set(), Reason.PREEMPTED, id="an unknown disruption counts as Preempted"),
+        pytest.param(pod(node="gpu-9"), {"gpu-9"}, Reason.NODE_LOST, id="a pod on a vanished node is NodeLost"),
+        pytest.param(pod(phase="Failed", status_reason="Evicted"), set(), Reason.EVICTED, id="a kubelet eviction is Evicted"),
+        pytest.param(pod(phase="Failed", exit_code=1), set(), None, id="a crash is not a disruption"),
+        pytest.param(pod(node="gpu-1"), {"gpu-9"}, None, id="another node's loss does not disrupt this pod"),
     ],
 )
 def test_disruption_of(raw, missing, reason):
@@ -33,9 +33,11 @@ def test_disruption_of(raw, missing, reason):
 @pytest.mark.parametrize(
     "reason, message, disrupted",
     [
-        ("PodFailurePolicy", "Pod ns/p has condition DisruptionTarget matching FailJob rule at index 1", True),
-        ("PodFailurePolicy", "Container trainer for pod ns/p failed with exit code 64 matching FailJob rule at index 0", False),
-        ("BackoffLimitExceeded", "Job has reached the specified backoff limit", False),
+        pytest.param("PodFailurePolicy", "Pod ns/p has condition DisruptionTarget matching FailJob rule at index 1", True,
+                     id="the DisruptionTarget rule is a disruption"),
+        pytest.param("PodFailurePolicy", "Container trainer for pod ns/p failed with exit code 64 matching FailJob rule at index 0",
+                     False, id="the exit-code rule is not"),
+        pytest.param("BackoffLimitExceeded", "Job has reached the specified backoff limit", False, id="a backoff limit is not"),
     ],
 )
 def test_job_disruption(reason, message, disrupted):

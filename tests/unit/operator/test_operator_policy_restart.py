@@ -11,16 +11,18 @@ from sft_operator.policies.restart_policy import Failure, classify, decide, pod_
 @pytest.mark.parametrize(
     "raw, reason, fragment",
     [
-        (pod(phase="Running"), None, None),
-        (pod(phase="Succeeded", exit_code=0), None, None),
-        (pod(phase="Failed", exit_code=1), Reason.POD_FAILED, "exited with code 1"),
-        (pod(phase="Failed", exit_code=137, term_reason="OOMKilled"), Reason.OOM_KILLED, "OOMKilled"),
-        (pod(phase="Failed", exit_code=64), Reason.DATA_ERROR, "code 64"),
-        (pod(phase="Failed", exit_code=65), Reason.GOLDEN_SET_REGRESSION, "code 65"),
-        (pod(phase="Failed", exit_code=66), Reason.TOPOLOGY_MISMATCH, "code 66"),
-        (pod(phase="Failed", disruption="EvictionByEvictionAPI"), Reason.EVICTED, "EvictionByEvictionAPI"),
-        (pod(phase="Failed"), Reason.POD_FAILED, "failed"),
-        (pod(phase="Failed", exit_code=75), Reason.INTERRUPTED, "SIGTERM"),
+        pytest.param(pod(phase="Running"), None, None, id="a running pod has not failed"),
+        pytest.param(pod(phase="Succeeded", exit_code=0), None, None, id="a succeeded pod has not failed"),
+        pytest.param(pod(phase="Failed", exit_code=1), Reason.POD_FAILED, "exited with code 1", id="exit 1 is PodFailed"),
+        pytest.param(pod(phase="Failed", exit_code=137, term_reason="OOMKilled"), Reason.OOM_KILLED, "OOMKilled",
+                     id="an OOM kill is OOMKilled"),
+        pytest.param(pod(phase="Failed", exit_code=64), Reason.DATA_ERROR, "code 64", id="exit 64 is DataError"),
+        pytest.param(pod(phase="Failed", exit_code=65), Reason.GOLDEN_SET_REGRESSION, "code 65", id="exit 65 is GoldenSetRegression"),
+        pytest.param(pod(phase="Failed", exit_code=66), Reason.TOPOLOGY_MISMATCH, "code 66", id="exit 66 is TopologyMismatch"),
+        pytest.param(pod(phase="Failed", disruption="EvictionByEvictionAPI"), Reason.EVICTED, "EvictionByEvictionAPI",
+                     id="a disruption wins over the exit code"),
+        pytest.param(pod(phase="Failed"), Reason.POD_FAILED, "failed", id="a failed pod without an exit code is PodFailed"),
+        pytest.param(pod(phase="Failed", exit_code=75), Reason.INTERRUPTED, "SIGTERM", id="exit 75 is Interrupted"),
     ],
 )
 def test_pod_failure(raw, reason, fragment):
@@ -34,10 +36,13 @@ def test_pod_failure(raw, reason, fragment):
 @pytest.mark.parametrize(
     "pods, reason",
     [
-        ([pod(index=0, phase="Failed", exit_code=1), pod(index=1, phase="Failed", exit_code=137, term_reason="OOMKilled")], Reason.OOM_KILLED),
-        ([pod(index=0, phase="Failed", exit_code=1), pod(index=1, phase="Failed", disruption="DeletionByTaintManager")], Reason.NODE_LOST),
-        ([pod(index=0, phase="Failed", disruption="PreemptionByScheduler"), pod(index=1, phase="Failed", exit_code=65)], Reason.GOLDEN_SET_REGRESSION),
-        ([pod(index=0), pod(index=1)], None),
+        pytest.param([pod(index=0, phase="Failed", exit_code=1), pod(index=1, phase="Failed", exit_code=137, term_reason="OOMKilled")],
+                     Reason.OOM_KILLED, id="OOMKilled wins over a peer's crash"),
+        pytest.param([pod(index=0, phase="Failed", exit_code=1), pod(index=1, phase="Failed", disruption="DeletionByTaintManager")],
+                     Reason.NODE_LOST, id="a node loss wins over a peer's crash"),
+        pytest.param([pod(index=0, phase="Failed", disruption="PreemptionByScheduler"), pod(index=1, phase="Failed", exit_code=65)],
+                     Reason.GOLDEN_SET_REGRESSION, id="a non-retryable code wins over a preemption"),
+        pytest.param([pod(index=0), pod(index=1)], None, id="a running gang has no failure"),
     ],
 )
 def test_classify_priority(pods, reason):
@@ -54,15 +59,16 @@ def test_classify_falls_back_to_job_condition():
 @pytest.mark.parametrize(
     "reason, restarts, preemptions, restart, counts_as, final",
     [
-        (Reason.POD_FAILED, 0, 0, True, "restarts", Reason.POD_FAILED),
-        (Reason.POD_FAILED, 2, 0, True, "restarts", Reason.POD_FAILED),
-        (Reason.POD_FAILED, 3, 0, False, None, Reason.MAX_RESTARTS),
-        (Reason.STALLED, 3, 0, False, None, Reason.MAX_RESTARTS),
-        (Reason.PREEMPTED, 3, 0, True, "preemptions", Reason.PREEMPTED),
-        (Reason.NODE_LOST, 0, 9, True, "preemptions", Reason.NODE_LOST),
-        (Reason.EVICTED, 0, 10, False, None, Reason.MAX_PREEMPTIONS),
-        (Reason.DATA_ERROR, 0, 0, False, None, Reason.DATA_ERROR),
-        (Reason.TOPOLOGY_MISMATCH, 0, 0, False, None, Reason.TOPOLOGY_MISMATCH),
+        pytest.param(Reason.POD_FAILED, 0, 0, True, "restarts", Reason.POD_FAILED, id="a first crash restarts"),
+        pytest.param(Reason.POD_FAILED, 2, 0, True, "restarts", Reason.POD_FAILED, id="a crash below maxRestarts restarts"),
+        pytest.param(Reason.POD_FAILED, 3, 0, False, None, Reason.MAX_RESTARTS, id="a crash at maxRestarts fails"),
+        pytest.param(Reason.STALLED, 3, 0, False, None, Reason.MAX_RESTARTS, id="a stall at maxRestarts fails"),
+        pytest.param(Reason.PREEMPTED, 3, 0, True, "preemptions", Reason.PREEMPTED,
+                     id="a preemption restarts even when restarts are exhausted"),
+        pytest.param(Reason.NODE_LOST, 0, 9, True, "preemptions", Reason.NODE_LOST, id="a node loss below maxPreemptions restarts"),
+        pytest.param(Reason.EVICTED, 0, 10, False, None, Reason.MAX_PREEMPTIONS, id="an eviction at maxPreemptions fails"),
+        pytest.param(Reason.DATA_ERROR, 0, 0, False, None, Reason.DATA_ERROR, id="a data error fails at once"),
+        pytest.param(Reason.TOPOLOGY_MISMATCH, 0, 0, False, None, Reason.TOPOLOGY_MISMATCH, id="a topology mismatch fails at once"),
     ],
 )
 def test_decide(reason, restarts, preemptions, restart, counts_as, final):

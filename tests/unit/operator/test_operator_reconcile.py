@@ -86,11 +86,14 @@ def test_existing_job_is_never_reapplied():
 @pytest.mark.parametrize(
     "pods, phase, reason",
     [
-        ([pod(phase="Pending", node=None), pod(index=1, phase="Pending", node=None)], "Pending", "PodsPending"),
-        ([pod(index=0), pod(index=1, phase="Pending", node=None)], "Pending", "PodsPending"),
-        ([pod(phase="Pending", node=None, unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
-          pod(index=1, phase="Pending", node=None)], "Pending", "Unschedulable"),
-        ([pod(index=0), pod(index=1)], "Running", "PodsRunning"),
+        pytest.param([pod(phase="Pending", node=None), pod(index=1, phase="Pending", node=None)], "Pending", "PodsPending",
+                     id="no pod running is Pending"),
+        pytest.param([pod(index=0), pod(index=1, phase="Pending", node=None)], "Pending", "PodsPending",
+                     id="half the gang running is still Pending"),
+        pytest.param([pod(phase="Pending", node=None, unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+                      pod(index=1, phase="Pending", node=None)], "Pending", "Unschedulable",
+                     id="an unschedulable pod is Pending with the scheduler's reason"),
+        pytest.param([pod(index=0), pod(index=1)], "Running", "PodsRunning", id="the whole gang running is Running"),
     ],
 )
 def test_phase_follows_pods(pods, phase, reason):
@@ -128,14 +131,22 @@ def test_success_sets_completion_time():
 
 FAILURES = [
     # (failed pod, expected phase, counter, reason, message fragment)
-    (pod(index=1, phase="Failed", exit_code=1, node="gpu-1"), "Restarting", "restarts", "PodFailed", "rank 1) on node gpu-1 exited with code 1"),
-    (pod(index=1, phase="Failed", exit_code=137, term_reason="OOMKilled"), "Restarting", "restarts", "OOMKilled", "OOMKilled"),
-    (pod(index=0, phase="Failed", disruption="EvictionByEvictionAPI"), "Restarting", "preemptions", "Evicted", "EvictionByEvictionAPI"),
-    (pod(index=0, phase="Running", disruption="PreemptionByScheduler"), "Restarting", "preemptions", "Preempted", "PreemptionByScheduler"),
-    (pod(index=0, phase="Failed", status_reason="Evicted"), "Restarting", "preemptions", "Evicted", "evicted by the kubelet"),
-    (pod(index=1, phase="Failed", exit_code=64), "Failed", None, "DataError", "exited with code 64"),
-    (pod(index=1, phase="Failed", exit_code=65), "Failed", None, "GoldenSetRegression", "code 65"),
-    (pod(index=1, phase="Failed", exit_code=66), "Failed", None, "TopologyMismatch", "code 66"),
+    pytest.param(pod(index=1, phase="Failed", exit_code=1, node="gpu-1"), "Restarting", "restarts", "PodFailed",
+                 "rank 1) on node gpu-1 exited with code 1", id="a crashed rank restarts the gang, naming rank and node"),
+    pytest.param(pod(index=1, phase="Failed", exit_code=137, term_reason="OOMKilled"), "Restarting", "restarts", "OOMKilled",
+                 "OOMKilled", id="an OOM-killed rank restarts the gang as OOMKilled"),
+    pytest.param(pod(index=0, phase="Failed", disruption="EvictionByEvictionAPI"), "Restarting", "preemptions", "Evicted",
+                 "EvictionByEvictionAPI", id="an API eviction counts as a preemption"),
+    pytest.param(pod(index=0, phase="Running", disruption="PreemptionByScheduler"), "Restarting", "preemptions", "Preempted",
+                 "PreemptionByScheduler", id="a scheduler preemption counts before the pod stops"),
+    pytest.param(pod(index=0, phase="Failed", status_reason="Evicted"), "Restarting", "preemptions", "Evicted",
+                 "evicted by the kubelet", id="a kubelet eviction counts as a preemption"),
+    pytest.param(pod(index=1, phase="Failed", exit_code=64), "Failed", None, "DataError", "exited with code 64",
+                 id="exit 64 fails the job with DataError"),
+    pytest.param(pod(index=1, phase="Failed", exit_code=65), "Failed", None, "GoldenSetRegression", "code 65",
+                 id="exit 65 fails the job with GoldenSetRegression"),
+    pytest.param(pod(index=1, phase="Failed", exit_code=66), "Failed", None, "TopologyMismatch", "code 66",
+                 id="exit 66 fails the job with TopologyMismatch"),
 ]
 
 
@@ -223,7 +234,8 @@ def test_restart_is_counted_once_across_repeated_passes():
     assert r5.status["restarts"] == 1
 
 
-@pytest.mark.parametrize("restarts, phase", [(2, "Restarting"), (3, "Failed")])
+@pytest.mark.parametrize("restarts, phase", [pytest.param(2, "Restarting", id="below maxRestarts it restarts"),
+                                             pytest.param(3, "Failed", id="at maxRestarts it fails")])
 def test_max_restarts(restarts, phase):
     body = sftjob(status=running_status(restarts=restarts), max_restarts=3)
     r = run(body, obs([kjob(failed=1)], [pod(index=0, phase="Failed", exit_code=2), pod(index=1)]))
@@ -374,9 +386,10 @@ def test_a_rank_that_finished_first_keeps_the_job_running():
 @pytest.mark.parametrize(
     "old_pod, waits",
     [
-        (pod(attempt=1, phase="Running", deleting=True), True),  # may still run: wait
-        (pod(attempt=1, phase="Failed", exit_code=143, deleting=True), False),  # terminal, behind a finalizer
-        (pod(attempt=1, phase="Running", node="gone", deleting=True), False),  # its node is gone
+        pytest.param(pod(attempt=1, phase="Running", deleting=True), True, id="an old pod that may still run is waited for"),
+        pytest.param(pod(attempt=1, phase="Failed", exit_code=143, deleting=True), False,
+                     id="a terminal old pod behind a finalizer is not"),
+        pytest.param(pod(attempt=1, phase="Running", node="gone", deleting=True), False, id="an old pod on a vanished node is not"),
     ],
 )
 def test_next_attempt_waits_only_for_old_pods_that_may_run(old_pod, waits):

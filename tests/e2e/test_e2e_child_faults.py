@@ -1,0 +1,77 @@
+"""Faults the apiserver reports are visible in status, on the real control plane: a ResourceQuota
+that forbids Jobs makes the apiserver refuse the gang's Job; the refusal is a condition carrying the
+apiserver's own message and a Warning event, retries back off exponentially, the job recovers when
+the quota goes, and activeDeadlineSeconds still fires while nothing can be created."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sft_e2e_helpers import cond, sftjob_manifest
+
+BACKOFF = "sft.dev/create-failures"
+
+
+def forbid_jobs(sft) -> None:
+    """count/jobs.batch: 0, and wait until the quota controller has computed its status (until then
+    admission refuses with "status unknown" instead of the quota's clear message)."""
+    sft.core.create_namespaced_resource_quota(sft.ns, {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}})
+    deadline = time.monotonic() + 30
+    while not (sft.core.read_namespaced_resource_quota("no-jobs", sft.ns).status.hard or {}):
+        assert time.monotonic() < deadline, "quota status never computed"
+        time.sleep(0.2)
+
+
+def refusals(sft, name) -> int:
+    raw = (sft.get(name)["metadata"].get("annotations") or {}).get(BACKOFF)
+    return json.loads(raw)["failures"] if raw else 0
+
+
+def test_refused_job_is_in_status_backs_off_and_recovers(operator, sft):
+    name = "quota"
+    forbid_jobs(sft)
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=1))
+
+    st = sft.wait(name, lambda s: cond(s, "ChildCreateFailed").get("status") == "True", 20, "ChildCreateFailed")
+    c = cond(st, "ChildCreateFailed")
+    assert c["reason"] == "FailedCreate" and "Job quota-a1" in c["message"] and "HTTP 403" in c["message"]
+    assert "exceeded quota: no-jobs" in c["message"] and "count/jobs.batch" in c["message"], c["message"]
+    assert st["phase"] == "Pending" and st["startTime"]
+    [ev] = [e for e in sft.wait_events(name, {"FailedCreate"}) if e.reason == "FailedCreate"]
+    assert ev.type == "Warning" and "exceeded quota: no-jobs" in ev.message
+
+    # Exponential backoff per job (base 2 s): refusals at about 0, 2, 6, 14 s, whatever else triggers
+    # the job (the 1 s resync, its own status writes). A flat 2 s retry would refuse 7 times in 13 s.
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + 25
+    while len(seen) < 4 and time.monotonic() < deadline:
+        seen.setdefault(refusals(sft, name), time.monotonic())
+        time.sleep(0.1)
+    counts = sorted(k for k in seen if k)
+    assert counts[:3] == [counts[0], counts[0] + 1, counts[0] + 2], seen
+    first, second = seen[counts[1]] - seen[counts[0]], seen[counts[2]] - seen[counts[1]]
+    assert first >= 1.5 and second >= 1.6 * first, (first, second)
+    assert sft.jobs(name) == []
+    # One event for the whole episode: the condition did not change, so nothing new to say.
+    assert [e.reason for e in sft.events(name)].count("FailedCreate") == 1
+
+    sft.core.delete_namespaced_resource_quota("no-jobs", sft.ns)
+    sft.running_pods(name, 1, 1, timeout=60)  # within the next backoff (at most 16 s here)
+    st = sft.wait_phase(name, "Running", 30)
+    c = cond(st, "ChildCreateFailed")
+    assert c["status"] == "False" and c["reason"] == "ChildrenCreated"
+    assert BACKOFF not in (sft.get(name)["metadata"].get("annotations") or {})
+
+
+def test_deadline_fires_while_the_job_cannot_be_created(operator, sft):
+    name = "quota-deadline"
+    forbid_jobs(sft)
+    started = time.monotonic()
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=1, activeDeadlineSeconds=6))
+    st = sft.wait_phase(name, "Failed", 30)
+    took = time.monotonic() - started
+    assert cond(st, "Failed")["reason"] == "DeadlineExceeded"
+    assert "exceeded quota" in cond(st, "ChildCreateFailed")["message"]  # why it never ran stays visible
+    assert 5.5 <= took < 15, took  # counted from the first creation attempt, not from a Job that never came
+    assert sft.jobs(name) == []
