@@ -46,8 +46,11 @@ CONTAINER = "trainer"
 CONFIG_DIR = "/etc/sft"
 CONFIG_FILE = "job.yaml"
 TRAINER_COMMAND = ["python", "-m", "sft_trainer", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
-# The trainer's public preflight entry point: the data and template checks only, no weights, no GPU.
-PREFLIGHT_COMMAND = ["python", "-m", "sft_trainer.preflight", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+# The trainer's public preflight entry point (`python -m sft_trainer.preflight JOB`): the data and
+# template checks only, no weights, no GPU. Scheme-less data paths resolve against the working
+# directory, as for the trainer itself; no examples are shown in a pod.
+PREFLIGHT_COMMAND = ["python", "-m", "sft_trainer.preflight", f"{CONFIG_DIR}/{CONFIG_FILE}", "--base-dir", ".",
+                     "--examples", "0"]
 PREFLIGHT_CONTAINER = "preflight"
 GPU = "nvidia.com/gpu"
 

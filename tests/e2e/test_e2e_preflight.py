@@ -8,7 +8,9 @@ import time
 
 from sft_e2e_helpers import cond, sftjob_manifest
 
-BAD_ROW = "DataError: data/quickstart/train.jsonl:17: the assistant turn is empty (1 of 1200 rows bad, maxBadRowRatio=0)"
+# The tail of what `python -m sft_trainer.preflight` prints for a broken row (measured on this data).
+BAD_ROW = ("DataError: spec.datasets: 1 of 1200 rows are malformed (0.08% > spec.preflight.maxBadRowRatio 0.00%):\n"
+           "  data/quickstart/train.jsonl:17: invalid JSON: Expecting ',' delimiter (column 30)")
 
 
 def _gpu_requested(sft, name) -> list[str]:
@@ -24,7 +26,8 @@ def test_data_error_in_preflight_fails_the_job_without_a_gpu(operator, sft, kwok
     sft.apply(sftjob_manifest(name, nodes=2, gpus=8, preflight={"enabled": True}))
     check = sft.running_preflight_pod(name)
     c = check.spec.containers[0]
-    assert c.command == ["python", "-m", "sft_trainer.preflight", "--config", "/etc/sft/job.yaml"]
+    assert c.command == ["python", "-m", "sft_trainer.preflight", "/etc/sft/job.yaml", "--base-dir", ".",
+                                    "--examples", "0"]
     assert c.security_context.run_as_non_root and c.security_context.allow_privilege_escalation is False
     assert check.spec.automount_service_account_token is False
     st = sft.status(name)

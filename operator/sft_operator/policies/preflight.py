@@ -50,9 +50,14 @@ class Outcome:
     failure: Failure | None = None
 
 
+TAIL = 600  # characters of the termination message kept: its end, where the error line is
+
+
 def _said(pod: PodObs) -> str:
-    """The pod's termination message on one line, as the trainer wrote it (file:line of a bad row)."""
-    return " ".join((pod.term_message or "").split())
+    """The pod's termination message on one line: the trainer's own, or its last log lines (the error,
+    naming the file:line of a bad row, comes last, so a long message keeps its end)."""
+    said = " ".join((pod.term_message or "").split())
+    return said if len(said) <= TAIL else "..." + said[-TAIL:]
 
 
 def judge(job: JobObs | None, pods: Iterable[PodObs]) -> Outcome:

@@ -92,3 +92,10 @@ def test_judge(job, pods, state, reason, fragment):
     assert out.state == state
     assert fragment in out.message
     assert (out.failure.reason if out.failure else None) == reason
+
+
+def test_a_long_log_tail_keeps_the_error_line_at_its_end():
+    noise = "Loading tokenizer ... " * 200
+    raw = with_message(pod(phase="Failed", exit_code=64), noise + BAD_ROW)
+    out = judge(observe_job(kjob(active=1)), [observe_pod(raw)])
+    assert out.message.endswith(BAD_ROW) and len(out.message) < 800

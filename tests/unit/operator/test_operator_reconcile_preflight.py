@@ -29,7 +29,8 @@ def test_first_pass_creates_only_the_cpu_preflight():
     assert kinds(r) == [("ConfigMap", "demo-a1-config"), ("Job", "demo-a1-preflight")]
     job = r.apply[1]
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "sft_trainer.preflight", "--config", "/etc/sft/job.yaml"]
+    assert container["command"] == ["python", "-m", "sft_trainer.preflight", "/etc/sft/job.yaml", "--base-dir", ".",
+                                    "--examples", "0"]
     assert not any("nvidia.com/gpu" in section for section in container["resources"].values())
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
