@@ -54,35 +54,8 @@ def summary_table(result: Any):
     return table
 
 
-def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None) -> int:
-    """Run an SFTJob on this machine; returns the trainer's exit code (see ``exit_codes``).
-
-    ``overrides``: ``time_budget`` (seconds of training, then stop with a final checkpoint),
-    ``max_steps``, ``workdir``, ``checkpoints_uri``, ``metrics_port`` (default: a free port; the
-    URL is printed), ``measure`` (default True: before/after exact match and golden set).
-    """
-    from rich.console import Console
+def _quiet_logging(console: Any) -> None:
     from rich.logging import RichHandler
-
-    overrides = dict(overrides or {})
-    console = Console(stderr=False)
-    job_path = Path(job_path)
-    from sft_api import SFTJobLoadError, load_sftjob
-
-    try:
-        job = load_sftjob(job_path)
-    except FileNotFoundError:
-        console.print(f"[red]error:[/] {job_path}: no such file")
-        return exit_codes.CONFIG_ERROR
-    except SFTJobLoadError as e:
-        console.print(f"[red]invalid SFTJob:[/] {e}")
-        return exit_codes.CONFIG_ERROR
-    _apply_overrides(job, overrides)
-    name = job.metadata.name
-    job.spec.checkpoints.uri = _abs(job.spec.checkpoints.uri or f"runs/{name}/checkpoints")
-    if job.spec.output is not None:
-        job.spec.output.uri = _abs(job.spec.output.uri)
-    workdir = Path(overrides.get("workdir") or f"runs/{name}/work").resolve()
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]", force=True,
                         handlers=[RichHandler(console=console, show_path=False, markup=False)])
@@ -94,6 +67,67 @@ def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | N
 
     disable_progress_bar()
     hf_logging.disable_progress_bar()
+
+
+def _load(job_path: Path, console: Any, overrides: dict[str, Any]) -> Any:
+    """The SFTJob with the overrides applied and its outputs made absolute; None after an error."""
+    from sft_api import SFTJobLoadError, load_sftjob
+
+    try:
+        job = load_sftjob(job_path)
+    except FileNotFoundError:
+        console.print(f"[red]error:[/] {job_path}: no such file")
+        return None
+    except SFTJobLoadError as e:
+        console.print(f"[red]invalid SFTJob:[/] {e}")
+        return None
+    _apply_overrides(job, overrides)
+    job.spec.checkpoints.uri = _abs(job.spec.checkpoints.uri or f"runs/{job.metadata.name}/checkpoints")
+    if job.spec.output is not None:
+        job.spec.output.uri = _abs(job.spec.output.uri)
+    return job
+
+
+def _print_summary(console: Any, result: Any, workdir: Path, results_path: Path | None) -> None:
+    console.print(summary_table(result))
+    tps = f"{result.tokens_per_second:.0f}" if result.tokens_per_second else "-"
+    console.print(
+        f"steps {result.global_step}/{result.max_steps} in {result.train_seconds:.0f}s, {tps} tokens/s, "
+        f"train loss {result.train_loss if result.train_loss is None else round(result.train_loss, 4)}, "
+        f"eval loss {result.eval_loss if result.eval_loss is None else round(result.eval_loss, 4)}, "
+        f"test loss {result.test_loss if result.test_loss is None else round(result.test_loss, 4)}"
+    )
+    if result.resumed_from is not None:
+        console.print(f"resumed from committed checkpoint {result.resumed_from}")
+    for label, value in (("checkpoint", result.checkpoint_uri), ("model", result.output_uri),
+                         ("loss curve", result.loss_curve), ("report", str(workdir / "result.json")),
+                         ("figures", str(results_path) if results_path else None)):
+        if value:
+            console.print(f"{label}: {value}")
+    if result.exit_code != exit_codes.SUCCESS:
+        console.print(f"[red]{result.message}[/] (exit {result.exit_code})")
+
+
+def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None) -> int:
+    """Run an SFTJob on this machine; returns the trainer's exit code (see ``exit_codes``).
+
+    ``overrides``: ``time_budget`` (seconds of training, then stop with a final checkpoint),
+    ``max_steps``, ``workdir``, ``checkpoints_uri``, ``metrics_port`` (default: a free port; the
+    URL is printed), ``measure`` (default True: before/after exact match and golden set),
+    ``results`` (path of the figures file; default ``runs/<name>/results.json``).
+    """
+    from rich.console import Console
+
+    overrides = dict(overrides or {})
+    console = Console(stderr=False)
+    job_path = Path(job_path)
+    job = _load(job_path, console, overrides)
+    if job is None:
+        return exit_codes.CONFIG_ERROR
+    name = job.metadata.name
+    workdir = Path(overrides.get("workdir") or f"runs/{name}/work").resolve()
+    results_path = Path(overrides.get("results") or f"runs/{name}/results.json").resolve()
+    _quiet_logging(console)
     if overrides.get("time_budget") is None and os.environ.get(TIME_BUDGET_ENV):
         overrides["time_budget"] = float(os.environ[TIME_BUDGET_ENV])
 
@@ -106,6 +140,7 @@ def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | N
         console.print(Panel("\n".join(report.lines()), title="preflight", expand=False))
 
     console.print(f"[bold]sftctl run[/] {job_path} → checkpoints {job.spec.checkpoints.uri}")
+    started = _machine_load()
     try:
         result = train(
             job, workdir=workdir, base_dir=job_path.resolve().parent, measure_before=overrides.get("measure", True),
@@ -119,24 +154,53 @@ def run_local(job_path: str | os.PathLike[str], *, overrides: dict[str, Any] | N
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return exit_codes.INTERRUPTED
-
-    console.print(summary_table(result))
-    tps = f"{result.tokens_per_second:.0f}" if result.tokens_per_second else "-"
-    console.print(
-        f"steps {result.global_step}/{result.max_steps} in {result.train_seconds:.0f}s, {tps} tokens/s, "
-        f"train loss {result.train_loss if result.train_loss is None else round(result.train_loss, 4)}, "
-        f"eval loss {result.eval_loss if result.eval_loss is None else round(result.eval_loss, 4)}, "
-        f"test loss {result.test_loss if result.test_loss is None else round(result.test_loss, 4)}"
-    )
-    if result.resumed_from is not None:
-        console.print(f"resumed from committed checkpoint {result.resumed_from}")
-    for label, value in (("checkpoint", result.checkpoint_uri), ("model", result.output_uri),
-                         ("loss curve", result.loss_curve), ("report", str(workdir / "result.json"))):
-        if value:
-            console.print(f"{label}: {value}")
-    if result.exit_code != exit_codes.SUCCESS:
-        console.print(f"[red]{result.message}[/] (exit {result.exit_code})")
+    write_results(results_path, job, result, started=started)
+    _print_summary(console, result, workdir, results_path)
     return result.exit_code
+
+
+def _machine_load() -> dict[str, Any]:
+    import platform
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return {"cpus": os.cpu_count(), "loadavg1": load[0], "platform": platform.platform()}
+
+
+def write_results(path: Path, job: Any, result: Any, *, started: dict[str, Any]) -> dict[str, Any]:
+    """The figures the README quotes, in one small JSON file (bench/quickstart.py collects them).
+
+    Besides the scores it records what decides them: the steps trained of the planned ones (a
+    time box stops early on a loaded machine, before the learning rate has decayed), the training
+    seconds, the thread count and the machine's load.
+    """
+    import torch
+
+    from sft_api.training_identity import spec_hash
+
+    figures = {
+        "job": job.metadata.name,
+        "spec_hash": spec_hash(job.spec),
+        "seed": job.spec.training.seed,
+        "global_step": result.global_step,
+        "max_steps": result.max_steps,
+        "stopped_before_max_steps": bool(result.max_steps and result.global_step < result.max_steps
+                                       and not result.interrupted),
+        "train_seconds": round(result.train_seconds, 1),
+        "tokens_per_second": result.tokens_per_second,
+        "test_loss": result.test_loss,
+        "eval_loss": result.eval_loss,
+        "exact_match_before": result.exact_match_before,
+        "exact_match_after": result.exact_match_after,
+        "golden_pass_rate_before": (result.golden_before or {}).get("pass_rate"),
+        "golden_pass_rate_after": (result.golden_after or {}).get("pass_rate"),
+        "resumed_from": result.resumed_from,
+        "exit_code": result.exit_code,
+        "torch_threads": torch.get_num_threads(),
+        "machine": {**started, "loadavg1_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return figures
 
 
 def result_json(workdir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -155,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints-uri", default=None)
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--no-measure", dest="measure", action="store_false", default=True)
+    p.add_argument("--results", default=None, help="figures file (default runs/<name>/results.json)")
     args = vars(p.parse_args(argv))
     job = args.pop("job")
     return run_local(job, overrides={k: v for k, v in args.items() if v is not None})
