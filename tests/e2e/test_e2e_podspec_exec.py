@@ -109,18 +109,15 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
         remap = lambda v: f"/run/sft/{Path(v).name}" if isinstance(v, str) and v.startswith(mount + "/") else v  # noqa: E731
         argv = [sys.executable if a == "python" else remap(a) for a in container.command]
         env = {k: remap(v) for k, v in env.items()}
-        full_env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
-                    "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api_port, **env}
+        # The pod's scratch volume at /tmp becomes a private TMPDIR (and HOME): mounting it over /tmp
+        # would hide a clone, a venv or the editable install that lives under /tmp.
+        full_env = {"PATH": os.environ["PATH"], "HOME": str(scratch), "TMPDIR": str(scratch),
+                    "PYTHONUNBUFFERED": "1", "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                    "KUBERNETES_SERVICE_PORT": api_port, **env}
         # A private mount namespace per process: the SA token at its in-cluster path, an /etc/hosts
-        # that maps only the rank-0 name, a private /tmp. Nothing on the host changes.
-        # A venv that lives under /tmp would vanish behind the private /tmp: use TMPDIR then.
-        if Path(sys.prefix).resolve().is_relative_to("/tmp"):
-            full_env["TMPDIR"] = str(scratch)
-            private_tmp = ""
-        else:
-            private_tmp = f"mount --bind {scratch} /tmp && "
+        # that maps only the rank-0 name. Nothing on the host changes.
         script = (f"mount -t tmpfs none /run && mkdir -p {SA_PATH} /run/sft && cp {sa_dir}/* {SA_PATH}/ && "
-                  f"cp {config_dir}/* /run/sft/ && mount --bind {hosts} /etc/hosts && {private_tmp}"
+                  f"cp {config_dir}/* /run/sft/ && mount --bind {hosts} /etc/hosts && "
                   f"exec {shlex.join(argv)}")
         log = open(tmp_path / f"rank{rank}.log", "w")
         procs.append((subprocess.Popen(["unshare", "-m", "sh", "-c", script], cwd=REPO / "examples", env=full_env,
