@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from transformers import TrainerCallback
 
+from . import phases
 from .checkpoint_store import CheckpointError, CheckpointStore, FileEntry
 from .metrics import OVERALL_TASK, TrainerMetrics, model_flops_per_token, mfu, peak_flops_for
 from .progress import LogReporter, ProgressReporter, format_line
@@ -263,6 +264,7 @@ class CheckpointCommitCallback(TrainerCallback):
         local_dir = Path(args.output_dir) / f"checkpoint-{step}"
         t0 = self._t0 if self._t0 is not None else time.monotonic()
         dist = _dist()
+        phases.enter("checkpointing")
         if dist is None:
             if not state.is_world_process_zero:
                 return
@@ -275,6 +277,7 @@ class CheckpointCommitCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._after_commit(step, uri, time.monotonic() - t0)
         self._t0 = None
+        phases.enter("training")
 
     def _attempt(self, what: str, fn, *a) -> tuple[Any, str | None]:
         """(result, None), or (None, the error) once the retries are spent: never raises."""

@@ -22,6 +22,10 @@ def export_model(trainer: Any, tokenizer: Any, cfg: ResolvedConfig) -> str:
     """Save the final model (adapters merged when ``output.mergeAdapters``) to ``output.uri``."""
     import fsspec
 
+    from . import phases
+
+    phases.enter("exporting")
+
     uri = cfg.output_uri
     local_target = None
     if "://" not in uri or uri.startswith("file://"):

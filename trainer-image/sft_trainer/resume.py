@@ -151,7 +151,11 @@ def resume_point(cfg: Any, result: Any, *, rank: int, phase: Any, job: Any,
                     storage_options=storage_options_for(resume_from or "", cfg.spec.storage))
     if choice.checkpoint is None:
         return store, None
+    from . import phases
+
+    phases.enter("downloading")
     resume_dir = download_for_node(choice.source, choice.checkpoint, cfg.workdir)
+    phases.enter("preflight")  # loading and checking the model before training
     result.resumed_from = choice.checkpoint.step
     origin = "its own" if choice.why == "own" else "spec.checkpoints.resumeFrom's"
     phase(f"resuming from committed checkpoint {choice.checkpoint.step} ({origin}: {choice.checkpoint.uri})")

@@ -156,17 +156,20 @@ class Inputs:
 def prepare_inputs(cfg: ResolvedConfig, result: TrainResult, *, rank: int, phase: Callable[[str], None],
                    on_preflight: Callable[[Any], None] | None = None) -> Inputs:
     """Data, golden set, tokenizer and chat template, then the preflight report (exit 64 on bad data)."""
+    from . import phases
     from .evaluation import load_golden
     from .modeling import load_tokenizer, model_location
     from .preflight import run_preflight
 
     phase("loading data")
+    phases.enter("downloading")
     splits, sources = load_datasets(cfg.data, base_dir=cfg.base_dir)
     golden = None
     if cfg.golden_set is not None:
         golden = load_golden(cfg.golden_set.uri, base_dir=cfg.base_dir, storage=cfg.storage)
     location = model_location(cfg)
     tokenizer = load_tokenizer(cfg, location)
+    phases.enter("preflight")
     report = run_preflight(splits, sources, tokenizer, loss_on=cfg.loss_on, max_seq_length=cfg.max_seq_length,
                            max_bad_row_ratio=cfg.max_bad_row_ratio)
     report.warnings.extend(cfg.warnings)
@@ -234,9 +237,11 @@ def build_trainer(cfg: ResolvedConfig, method: Any, inputs: Inputs, model: Any, 
 def run_training(trainer: Any, callbacks: list[Any], counting: "_CountingCollator", resume_dir: Path | None,
                  result: TrainResult) -> bool:
     """Train (resuming when a checkpoint was found) and harvest the figures; False after SIGTERM."""
+    from . import phases
     from .callbacks import AlreadyAtMaxSteps, CheckpointCommitCallback, SigtermCallback
 
     t0 = time.monotonic()
+    phases.enter("training")
     try:
         out = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     except AlreadyAtMaxSteps as e:  # a finished run re-run: its checkpoint holds the final state
@@ -269,6 +274,7 @@ def run_training(trainer: Any, callbacks: list[Any], counting: "_CountingCollato
         result.exit_code = exit_codes.INTERRUPTED
         result.message = f"stopped by SIGTERM at step {state.global_step} after committing a checkpoint"
         return False
+    phases.enter("evaluating")  # what follows training: the test split, generation, golden set
     return True
 
 
@@ -297,6 +303,7 @@ def train(
     from .export import export_model, write_loss_curve
     from .methods import get_method
     from .modeling import load_model
+    from .phases import start_reporting
     from .reporting import report_evaluation
 
     env = dict(os.environ if env is None else env)
@@ -310,6 +317,7 @@ def train(
     result = TrainResult(min_pass_rate=cfg.min_pass_rate)
     for w in cfg.warnings:
         log.warning("%s", w)
+    reporter = start_reporting(reporter, env, rank=rank)  # with status.progress.phase and a heartbeat
 
     # Data, template and preflight: all before any accelerator time.
     inputs = prepare_inputs(cfg, result, rank=rank, phase=phase, on_preflight=on_preflight)
