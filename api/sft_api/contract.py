@@ -89,6 +89,7 @@ class Reason(_Str):
     COMPLETED = "Completed"
     DATA_ERROR = "DataError"
     GOLDEN_SET_REGRESSION = "GoldenSetRegression"
+    SANITY_CHECK_FAILED = "SanityCheckFailed"
     TOPOLOGY_MISMATCH = "TopologyMismatch"
     MAX_RESTARTS = "MaxRestartsExceeded"
     MAX_PREEMPTIONS = "MaxPreemptionsExceeded"
@@ -123,6 +124,7 @@ RETRYABLE = 1
 CONFIG_ERROR = 64  # EX_USAGE-adjacent; also data errors found by preflight
 GOLDEN_REGRESSION = 65
 TOPOLOGY_MISMATCH = 66
+SANITY_CHECK_FAILED = 67  # the overfit pre-run did not learn: diverging LR, broken mask, NaN
 INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after committing a checkpoint
 
 # The one table: code -> name, condition reason, retryable. The Job's podFailurePolicy, the operator's
@@ -136,9 +138,12 @@ EXIT_CODES: dict[int, ExitCode] = {
         ExitCode(CONFIG_ERROR, "CONFIG_ERROR", Reason.DATA_ERROR, False,
                  "invalid spec or data: preflight failed, bad template, ..."),
         ExitCode(GOLDEN_REGRESSION, "GOLDEN_REGRESSION", Reason.GOLDEN_SET_REGRESSION, False,
-                 "golden-set pass rate below minPassRate"),
+                 "an evaluation gate failed: golden-set pass rate below minPassRate, a drop at a checkpoint, "
+                 "a regression against the base model"),
         ExitCode(TOPOLOGY_MISMATCH, "TOPOLOGY_MISMATCH", Reason.TOPOLOGY_MISMATCH, False,
                  "world size != nodes x processes per node"),
+        ExitCode(SANITY_CHECK_FAILED, "SANITY_CHECK_FAILED", Reason.SANITY_CHECK_FAILED, False,
+                 "the sanity pre-run's loss did not fall by eval.sanityCheck.minLossDrop (or was NaN)"),
         ExitCode(INTERRUPTED, "INTERRUPTED", Reason.INTERRUPTED, True,
                  "SIGTERM: checkpoint saved and committed, then exited"),
     )

@@ -220,14 +220,67 @@ class TrainingSpec(_Model):
     deepspeed: Optional[DeepSpeedSpec] = Field(None, description="DeepSpeed ZeRO sharding; off when unset.")
 
 
+class GoldenOnRegression(str, Enum):
+    fail = "fail"
+    export_best = "exportBest"
+
+
 class GoldenSetSpec(_Model):
-    """Prompts with expected checks, generated and scored at the end of training."""
+    """Prompts with expected checks, generated and scored on the base model, at checkpoints and at the end."""
 
     uri: Uri = Field(description="A .jsonl file of {prompt or messages, checks: [{type, value}]} records.")
     min_pass_rate: float = Field(
         0.0, ge=0, le=1, description="The job fails with GoldenSetRegression below this pass rate."
     )
     max_new_tokens: int = Field(128, ge=1, le=32768, description="Generation length limit per golden prompt.")
+    max_regression_vs_base: Optional[float] = Field(
+        None, ge=0, le=1, description="The job fails with GoldenSetRegression when the final pass rate is lower than "
+        "the base model's (scored before training) by more than this; unset: no base-model gate for the golden set."
+    )
+    every_checkpoints: Optional[int] = Field(
+        None, ge=1, le=100_000, description="Score the golden set at every Nth checkpoint (1: each one); unset: "
+        "only at the end of training."
+    )
+    max_drop: Optional[float] = Field(
+        None, ge=0, le=1, description="With everyCheckpoints: stop training when a checkpoint's pass rate is lower "
+        "than the best checkpoint's so far by more than this; then onRegression decides how the job ends."
+    )
+    on_regression: GoldenOnRegression = Field(
+        GoldenOnRegression.fail, description="After a maxDrop stop: fail (Failed/GoldenSetRegression, exit 65) or "
+        "exportBest (Succeeded, with the best checkpoint by golden pass rate exported to output.uri)."
+    )
+    min_pass_rate_by_task: dict[Annotated[str, Field(min_length=1, max_length=63)], Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Final pass-rate floor per task_type of the golden set; below one the job "
+        "fails with GoldenSetRegression."
+    )
+
+
+class RegressionSetSpec(_Model):
+    """An extra scored set (safety, refusal, ...) that the fine-tuned model may not do worse on than the base model."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(description="Name in status and the report.")
+    uri: Uri = Field(description="A .jsonl file of {prompt or messages, checks: [{type, value}]} records, as the golden set.")
+    max_new_tokens: int = Field(128, ge=1, le=32768, description="Generation length limit per prompt.")
+    max_regression_vs_base: float = Field(
+        0.0, ge=0, le=1, description="The job fails with GoldenSetRegression when the final pass rate is lower than "
+        "the base model's by more than this."
+    )
+
+
+class SanityCheckSpec(_Model):
+    """A short overfit run before training: K examples for N steps from the base weights, then the base weights
+    are restored and the full run starts as if it had not happened."""
+
+    enabled: Optional[bool] = Field(
+        None, description="Run the sanity check; unset: on when workers.gpusPerNode > 0, off on the CPU."
+    )
+    examples: int = Field(20, ge=1, le=10_000, description="Training examples it overfits (the first of the train split).")
+    steps: int = Field(50, ge=2, le=10_000, description="Optimizer steps it trains.")
+    min_loss_drop: float = Field(
+        0.7, gt=0, le=1, description="Pass when the mean loss of the last steps is at most this factor times the loss "
+        "of the first step (0.7: a 30% drop); a NaN or infinite loss, or no trained token, always fails "
+        "(SanityCheckFailed, exit 67)."
+    )
 
 
 class EvalSpec(_Model):
@@ -237,7 +290,15 @@ class EvalSpec(_Model):
     early_stopping_patience: Optional[int] = Field(
         None, ge=1, le=1000, description="Stop after this many evaluations without improvement; off when unset."
     )
-    golden_set: Optional[GoldenSetSpec] = Field(None, description="Golden set scored at the end of training.")
+    golden_set: Optional[GoldenSetSpec] = Field(None, description="Golden set scored on the base model, at checkpoints "
+                                                "(everyCheckpoints) and at the end of training.")
+    regression_sets: list[RegressionSetSpec] = Field(
+        default_factory=list, max_length=16, description="Extra sets scored on the base model and at the end; each "
+        "gates on its maxRegressionVsBase."
+    )
+    sanity_check: Optional[SanityCheckSpec] = Field(
+        None, description="The overfit pre-run; unset: the defaults (on for GPU jobs)."
+    )
 
 
 class CheckpointSpec(_Model):
@@ -278,6 +339,36 @@ class StorageSpec(_Model):
     )
     region: Optional[Annotated[str, Field(max_length=64)]] = Field(None, description="S3 region.")
     anonymous: bool = Field(False, description="Allow s3:// access without credentials (public or test buckets).")
+
+
+class MlflowSpec(_Model):
+    """An MLflow tracking server: rank 0 logs the run's params, step metrics and evaluation to it."""
+
+    schema_path: ClassVar[str] = "spec.tracking.mlflow"
+    tracking_uri: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)] = Field(
+        description="The tracking server, e.g. http://mlflow.mlops:5000."
+    )
+    experiment_name: Optional[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        None, description="Experiment the run is logged under (created when missing); unset: the job's name."
+    )
+    secret_ref: Optional[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = Field(
+        None, description="Secret injected into the trainer pods' environment (envFrom): MLFLOW_TRACKING_USERNAME "
+        "and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN."
+    )
+
+
+class TensorBoardSpec(_Model):
+    """TensorBoard event files, written by rank 0."""
+
+    enabled: bool = Field(True, description="Write event files under <checkpoints.uri>/tensorboard/.")
+
+
+class TrackingSpec(_Model):
+    """Experiment tracking. A tracker that is down never fails training: it is retried and reported in
+    status.tracking."""
+
+    mlflow: Optional[MlflowSpec] = Field(None, description="Log to an MLflow tracking server.")
+    tensorboard: Optional[TensorBoardSpec] = Field(None, description="Write TensorBoard event files.")
 
 
 class ResourceRequirements(_Model):
@@ -365,6 +456,7 @@ class SFTJobSpec(_Model):
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint location and cadence.")
     output: Optional[OutputSpec] = Field(None, description="Final model export.")
     storage: Optional[StorageSpec] = Field(None, description="Credentials and endpoint for s3:// URIs.")
+    tracking: Optional[TrackingSpec] = Field(None, description="Experiment tracking (MLflow, TensorBoard).")
     workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Nodes, GPUs and pod settings.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart limits and stall detection.")
     suspend: bool = Field(False, description="Stop the pods, keep status and checkpoints; unsuspend resumes.")
@@ -442,10 +534,44 @@ class CheckpointStatus(_Model):
     saved_at: Optional[str] = None
 
 
+class SanityCheckStatus(_Model):
+    passed: bool
+    first_loss: Optional[float] = None
+    final_loss: Optional[float] = None
+    min_loss_drop: Optional[float] = None
+    steps: Optional[int] = None
+    seconds: Optional[float] = None
+    losses: list[Optional[float]] = Field(default_factory=list, description="The loss of each step.")
+    message: Optional[str] = None
+
+
+class ScoredSetStatus(_Model):
+    """One scored set (golden or regression) on the base model and on the final model."""
+
+    base: Optional[float] = Field(None, ge=0, le=1)
+    final: Optional[float] = Field(None, ge=0, le=1)
+    delta: Optional[float] = None
+    base_by_task: dict[str, float] = Field(default_factory=dict)
+    final_by_task: dict[str, float] = Field(default_factory=dict)
+
+
+class GoldenCheckpointStatus(_Model):
+    step: int = Field(ge=0)
+    pass_rate: float = Field(ge=0, le=1)
+    by_task: dict[str, float] = Field(default_factory=dict)
+
+
 class EvaluationStatus(_Model):
     golden_set_pass_rate: Optional[float] = Field(None, ge=0, le=1)
     test_loss: Optional[float] = None
     eval_loss_by_task: dict[str, float] = Field(default_factory=dict)
+    sanity_check: Optional[SanityCheckStatus] = None
+    golden_set_by_task: dict[str, float] = Field(default_factory=dict)
+    golden_checkpoints: list[GoldenCheckpointStatus] = Field(default_factory=list)
+    best_golden_step: Optional[int] = None
+    sets: dict[str, ScoredSetStatus] = Field(
+        default_factory=dict, description="Base-model and final pass rates of the golden set ('golden') and of "
+        "each regression set.")
 
 
 class FailureInfo(_Model):
@@ -468,9 +594,27 @@ class PreflightStatus(_Model):
     finished_at: Optional[str] = None
 
 
+class LineageStatus(_Model):
+    """Where the run's data-lineage manifest is, and its digest (the same inputs give the same digest)."""
+
+    uri: str = Field(description="lineage.json beside the checkpoints.")
+    digest: str = Field(description="sha256 of the manifest without its volatile fields (time, object versions).")
+
+
+class TrackingStatus(_Model):
+    """The run in the experiment trackers; healthy false while a tracker is unreachable (training goes on)."""
+
+    mlflow_run_id: Optional[str] = None
+    mlflow_run_url: Optional[str] = Field(None, description="The run's page on the MLflow server.")
+    mlflow_experiment_id: Optional[str] = None
+    tensorboard_uri: Optional[str] = Field(None, description="Where the TensorBoard event files are written.")
+    healthy: Optional[bool] = Field(None, description="False while a tracker rejects or cannot be reached.")
+    message: Optional[str] = Field(None, description="The tracker's last error, with how many logs wait for a retry.")
+
+
 class SFTJobStatus(_Model):
     """Observed state, written by the operator (phase, conditions, counters) and by the trainer's rank 0
-    (progress, metrics, checkpoint, evaluation, worldSize)."""
+    (progress, metrics, checkpoint, evaluation, worldSize, lineage, tracking)."""
 
     phase: Optional[Phase] = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -486,6 +630,8 @@ class SFTJobStatus(_Model):
     evaluation: Optional[EvaluationStatus] = None
     last_failure: Optional[FailureInfo] = None
     preflight: Optional[PreflightStatus] = None
+    lineage: Optional[LineageStatus] = None
+    tracking: Optional[TrackingStatus] = None
     observed_generation: Optional[int] = None
 
 

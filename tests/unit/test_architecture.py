@@ -95,7 +95,7 @@ def test_exit_code_table_drives_the_operator():
 
     assert NON_RETRYABLE_EXIT_CODES == {c: e.reason for c, e in contract.EXIT_CODES.items()
                                         if c != contract.SUCCESS and not e.retryable}
-    assert set(NON_RETRYABLE_EXIT_CODES) == {64, 65, 66}
+    assert set(NON_RETRYABLE_EXIT_CODES) == {64, 65, 66, 67}
     assert contract.is_retryable(1) and contract.is_retryable(75) and contract.is_retryable(137)
     assert contract.reason_for(137) == contract.Reason.POD_FAILED
 

@@ -116,8 +116,8 @@ def launch(args: argparse.Namespace) -> int:
     rc = proc.wait()
     # torchrun reports any worker failure as 1; the workers' own codes say why
     codes = [int(f.read_text()) for f in workdir.glob("exit-code-rank*") if f.read_text().strip().isdigit()]
-    for preferred in (exit_codes.TOPOLOGY_MISMATCH, exit_codes.CONFIG_ERROR, exit_codes.GOLDEN_REGRESSION,
-                      exit_codes.INTERRUPTED):
+    for preferred in (exit_codes.TOPOLOGY_MISMATCH, exit_codes.CONFIG_ERROR, exit_codes.SANITY_CHECK_FAILED,
+                      exit_codes.GOLDEN_REGRESSION, exit_codes.INTERRUPTED):
         if preferred in codes:
             return preferred
     return rc if rc != 0 else max(codes, default=0)

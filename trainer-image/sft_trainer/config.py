@@ -215,6 +215,52 @@ class ResolvedConfig:
         return self.golden_set.min_pass_rate if self.golden_set is not None else None
 
     @property
+    def learning_rate(self) -> float:
+        return self.spec.training.learning_rate
+
+    @property
+    def sanity_check(self) -> Any:
+        """``spec.eval.sanityCheck`` with its defaults, or None when the check is off (the default on the
+        CPU, ``workers.gpusPerNode: 0``; on for GPU jobs)."""
+        from sft_api.models import SanityCheckSpec
+
+        ev = self.spec.eval
+        sc = (ev.sanity_check if ev is not None else None) or SanityCheckSpec()
+        enabled = sc.enabled if sc.enabled is not None else self.spec.workers.gpus_per_node > 0
+        return sc if enabled else None
+
+    @property
+    def regression_sets(self) -> list[Any]:
+        """``spec.eval.regressionSets``: extra sets gated against the base model."""
+        ev = self.spec.eval
+        return list(ev.regression_sets) if ev is not None else []
+
+    @property
+    def golden_every_checkpoints(self) -> int | None:
+        return self.golden_set.every_checkpoints if self.golden_set is not None else None
+
+    @property
+    def golden_max_drop(self) -> float | None:
+        return self.golden_set.max_drop if self.golden_set is not None else None
+
+    @property
+    def golden_on_regression(self) -> str:
+        return _val(self.golden_set.on_regression) if self.golden_set is not None else "fail"
+
+    @property
+    def golden_max_regression_vs_base(self) -> float | None:
+        return self.golden_set.max_regression_vs_base if self.golden_set is not None else None
+
+    @property
+    def min_pass_rate_by_task(self) -> dict[str, float]:
+        return dict(self.golden_set.min_pass_rate_by_task) if self.golden_set is not None else {}
+
+    @property
+    def needs_base_scores(self) -> bool:
+        """Whether the base model must be scored before training: a gate compares against it."""
+        return bool(self.regression_sets) or self.golden_max_regression_vs_base is not None
+
+    @property
     def merge_adapters(self) -> bool:
         return bool(self.spec.output and self.spec.output.merge_adapters) and self.method != "full"
 

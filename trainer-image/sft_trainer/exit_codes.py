@@ -13,6 +13,7 @@ from sft_api.contract import (  # noqa: F401 - re-exported
     INTERRUPTED,
     NON_RETRYABLE,
     RETRYABLE,
+    SANITY_CHECK_FAILED,
     SUCCESS,
     TOPOLOGY_MISMATCH,
     Reason,
@@ -43,3 +44,10 @@ class GoldenSetRegression(TrainerError):
 class TopologyMismatch(TrainerError):
     exit_code = TOPOLOGY_MISMATCH
     reason = Reason.TOPOLOGY_MISMATCH
+
+
+class SanityCheckFailed(TrainerError):
+    """The sanity pre-run did not learn (loss did not fall, NaN, nothing to train on); retrying cannot help."""
+
+    exit_code = SANITY_CHECK_FAILED
+    reason = Reason.SANITY_CHECK_FAILED

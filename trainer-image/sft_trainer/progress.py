@@ -2,7 +2,7 @@
 
 ``ProgressReporter.report(patch)`` takes a partial SFTJob status in camelCase, limited to the
 fields the trainer owns (docs/api.md): ``progress``, ``metrics``, ``checkpoint``,
-``worldSize`` and ``evaluation``. The operator owns ``phase`` and ``conditions``.
+``worldSize``, ``evaluation``, ``lineage`` and ``tracking``. The operator owns ``phase`` and ``conditions``.
 
 - ``LogReporter``: local runs (``sftctl run``) log one compact line.
 - ``KubeStatusReporter``: in a pod, JSON-merge-patches ``sftjobs/<name>/status`` with the pod's
@@ -26,7 +26,7 @@ from sft_api.contract import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
-STATUS_FIELDS = frozenset({"progress", "metrics", "checkpoint", "worldSize", "evaluation"})
+STATUS_FIELDS = frozenset({"progress", "metrics", "checkpoint", "worldSize", "evaluation", "lineage", "tracking"})
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 

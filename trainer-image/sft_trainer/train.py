@@ -50,6 +50,7 @@ class TrainResult:
     golden_before: dict[str, Any] | None = None
     golden_after: dict[str, Any] | None = None
     min_pass_rate: float | None = None
+    sanity_check: dict[str, Any] | None = None  # sanity.py: the pre-run's losses and verdict
     checkpoint_uri: str | None = None
     output_uri: str | None = None
     loss_curve: str | None = None
@@ -305,6 +306,7 @@ def train(
     from .modeling import load_model
     from .phases import start_reporting
     from .reporting import report_evaluation
+    from .sanity import sanity_check
 
     env = dict(os.environ if env is None else env)
     phase = on_phase or (lambda msg: log.info("%s", msg))
@@ -324,6 +326,8 @@ def train(
     # Resume from the latest committed checkpoint, if any.
     store, resume_dir = resume_point(cfg, result, rank=rank, phase=phase, job=job, env=env)
     model = load_model(cfg, inputs.location, inputs.tokenizer)
+    # Overfit a few examples from the base weights, then restore them: fail fast on a run that cannot learn.
+    sanity_check(cfg, method, inputs, model, result, rank=rank, phase=phase, resume_dir=resume_dir, reporter=reporter)
     # The untrained model's figures, for the before/after table of a fresh run.
     if measure_before and resume_dir is None and rank == 0:
         phase("measuring the untrained model")

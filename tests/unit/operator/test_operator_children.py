@@ -54,7 +54,7 @@ def test_indexed_job_gang_shape():
     assert job["backoffLimit"] == 0
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     rules = job["podFailurePolicy"]["rules"]
-    assert rules[0]["onExitCodes"]["values"] == [64, 65, 66] and rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"]["values"] == [64, 65, 66, 67] and rules[0]["action"] == "FailJob"
     assert rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
     assert job["suspend"] is False
 

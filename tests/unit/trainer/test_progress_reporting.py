@@ -111,7 +111,8 @@ def test_log_reporter_rejects_fields_the_operator_owns(caplog):
     with caplog.at_level(logging.INFO, logger="sft_trainer.progress"):
         r.report({"checkpoint": {"step": 10, "uri": "s3://b/checkpoint-10/"}})
     assert "checkpoint 10 -> s3://b/checkpoint-10/" in caplog.text
-    assert set(STATUS_FIELDS) == {"progress", "metrics", "checkpoint", "worldSize", "evaluation"}
+    assert set(STATUS_FIELDS) == {"progress", "metrics", "checkpoint", "worldSize", "evaluation", "lineage",
+                                  "tracking"}
 
 
 def test_format_line_and_deep_merge():

@@ -89,6 +89,8 @@ def test_exit_code_table():
     assert not exit_codes.is_retryable(64) and not exit_codes.is_retryable(65) and not exit_codes.is_retryable(66)
     assert exit_codes.is_retryable(1) and exit_codes.is_retryable(75) and exit_codes.is_retryable(137)
     assert exit_codes.reason_for(66) == "TopologyMismatch" and exit_codes.reason_for(0) is None
+    assert exit_codes.SANITY_CHECK_FAILED == 67 and not exit_codes.is_retryable(67)
+    assert exit_codes.reason_for(67) == "SanityCheckFailed" == exit_codes.SanityCheckFailed.reason
     # the operator's table agrees
     from sft_operator.conditions import NON_RETRYABLE_EXIT_CODES
 
