@@ -55,6 +55,7 @@ class TrainResult:
     output_uri: str | None = None
     loss_curve: str | None = None
     preflight: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] | None = None  # lineage.json: {"uri", "digest", "modelUri"}
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,6 +303,7 @@ def train(
     """
     from .evaluation import final_evaluation, golden_gate, measure_untrained
     from .export import export_model, write_loss_curve
+    from .lineage import report_lineage, write_beside_model, write_lineage
     from .methods import get_method
     from .modeling import load_model
     from .phases import start_reporting
@@ -326,6 +328,8 @@ def train(
     # Resume from the latest committed checkpoint, if any.
     store, resume_dir = resume_point(cfg, result, rank=rank, phase=phase, job=job, env=env)
     model = load_model(cfg, inputs.location, inputs.tokenizer)
+    # What trains this model (lineage.json beside the checkpoints): data, base model and spec hashes.
+    write_lineage(cfg, inputs, model, result, rank=rank)
     # Overfit a few examples from the base weights, then restore them: fail fast on a run that cannot learn.
     sanity_check(cfg, method, inputs, model, result, rank=rank, phase=phase, resume_dir=resume_dir, reporter=reporter)
     # The untrained model's figures, for the before/after table of a fresh run.
@@ -335,6 +339,7 @@ def train(
     trainer, callbacks, counting = build_trainer(
         cfg, method, inputs, model, store=store, reporter=reporter, metrics_port=metrics_port,
         serve_metrics=serve_metrics, extra_callbacks=extra_callbacks, result=result)
+    report_lineage(callbacks, result)
     try:
         phase("training")
         if not run_training(trainer, callbacks, counting, resume_dir, result):
@@ -345,6 +350,7 @@ def train(
         if cfg.output_uri:
             phase(f"exporting the model to {cfg.output_uri}")
             result.output_uri = export_model(trainer, inputs.tokenizer, cfg)
+            write_beside_model(cfg, result)
         if rank == 0:
             result.loss_curve = write_loss_curve(cfg, trainer.state.log_history)
             report_evaluation(callbacks, result)
