@@ -20,6 +20,12 @@ SINGULAR = "sftjob"
 SHORT_NAMES = ["sft"]
 CATEGORIES = ["all", "ml"]
 
+# ------------------------------------------------------------------------------------------- images
+# The trainer image's user (trainer-image/Dockerfile's USER) and the trainer pods' runAsUser,
+# runAsGroup and fsGroup: one number, so files the image owns and files the pod writes agree.
+# At least 10000, clear of any host account (restricted pod security wants non-root).
+TRAINER_UID = 10001
+
 # --------------------------------------------------------------------------------------------- labels
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_ATTEMPT = f"{GROUP}/attempt"

@@ -13,7 +13,8 @@ import typer
 
 from sft_dev import build as build_mod
 from sft_dev.build import BuildError
-from sft_dev.cluster import ClusterError, DevCluster, Ports
+from sft_dev.cluster import REAL_NODE_NAME, ClusterError, DevCluster, Ports
+from sft_dev.realnode import BRIDGE, NODE_IP, NODE_LABEL, RealNodeError
 from sft_dev.tools import ToolError, helm, kubectl
 
 app = typer.Typer(help="A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler) "
@@ -48,6 +49,9 @@ def up(
     gpus_per_node: int = typer.Option(8, min=0, help="nvidia.com/gpu capacity of each node."),
     port_base: Optional[int] = typer.Option(None, help="Use ports N (apiserver), N+1 (etcd), N+2 (etcd peer), "
                                             "N+3 (controller-manager), N+4 (scheduler), N+5 (kwok)."),
+    real_node: bool = typer.Option(False, "--real-node", help="Also run one real kubelet node (containerd, runc, "
+                                   "a bridge network) where pods really run; loads the images `sftctl images "
+                                   "build` made. Needs root."),
     state_dir: Optional[Path] = StateDir,
 ) -> None:
     """Start the cluster (idempotent: a running one is left alone; nodes are added up to --nodes)."""
@@ -57,11 +61,14 @@ def up(
             _fail(ValueError(f"--port-base {port_base}: must be between 1024 and 65530"))
         ports = Ports(*(port_base + i for i in range(6)))
     try:
-        info = DevCluster(state_dir).up(nodes=nodes, gpus_per_node=gpus_per_node, ports=ports)
-    except (ClusterError, BuildError, ToolError) as e:
+        info = DevCluster(state_dir).up(nodes=nodes, gpus_per_node=gpus_per_node, ports=ports, real_node=real_node)
+    except (ClusterError, BuildError, ToolError, RealNodeError) as e:
         _fail(e)
     typer.echo(f"dev cluster running: {info.server}, {len(info.nodes)} kwok GPU node(s) "
                f"with nvidia.com/gpu={gpus_per_node}")
+    if real_node:
+        typer.echo(f"real node: {REAL_NODE_NAME} ({NODE_IP} on bridge {BRIDGE}); select it with "
+                   f"nodeSelector {{{NODE_LABEL}: \"true\"}}")
     typer.echo(f"kubeconfig: {info.kubeconfig}")
     typer.echo("use it with:")
     typer.echo(f"  export KUBECONFIG={shlex.quote(str(info.kubeconfig))}")
@@ -126,10 +133,46 @@ def env(state_dir: Optional[Path] = StateDir) -> None:
 
 
 @app.command("build")
-def build_cmd(force: bool = typer.Option(False, help="Rebuild even if cached binaries exist.")) -> None:
+def build_cmd(force: bool = typer.Option(False, help="Rebuild even if cached binaries exist."),
+              real_node: bool = typer.Option(False, "--real-node", help="Also build containerd, runc and kubelet.")
+              ) -> None:
     """Build (or reuse) etcd, kube-apiserver, controller-manager, scheduler and kwok from the Go module proxy."""
     rc = build_mod.main(["--force"] if force else [])
+    if rc == 0 and real_node:
+        from sft_dev import realnode_build
+
+        rc = realnode_build.main(["--force"] if force else [])
     raise typer.Exit(rc)
+
+
+images_app = typer.Typer(help="The operator and trainer images, built from the project's Dockerfiles without a "
+                              "Docker daemon (buildah on a Debian base made by mmdebstrap).", no_args_is_help=True)
+
+
+@images_app.command("build")
+def images_build(
+    names: Optional[list[str]] = typer.Argument(None, help="operator, trainer (default: both)."),
+    state_dir: Optional[Path] = StateDir,
+) -> None:
+    """Build (or reuse, by a content hash of their inputs) sft-operator/operator:dev and sft-operator/trainer:dev
+    (the trainer's CPU variant). When the dev cluster's real node is up, also load them into its containerd."""
+    from sft_dev import images, realnode
+
+    try:
+        built = images.build(tuple(names or ("operator", "trainer")))
+    except BuildError as e:
+        _fail(e)
+    c = DevCluster(state_dir)
+    load = realnode.RealNode(c).alive("containerd") and realnode.running()
+    for b in built:
+        state = "cached" if b.cached else f"built in {b.seconds:.0f}s"
+        typer.echo(f"{b.full_ref}: {b.size_bytes / 2**20:.0f} MiB ({state}), {b.archive}")
+        if load:
+            try:
+                if realnode.import_archive(b.archive, b.full_ref, b.digest, sys.stderr):
+                    typer.echo(f"  loaded into the real node's containerd ({realnode.NAMESPACE} namespace)")
+            except RealNodeError as e:
+                _fail(e)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 HOST = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
 
+REAL_NODE_NAME = "real-node-0"  # sft_dev.realnode.NODE_NAME (kept here so cluster.py imports stay light)
+
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 INSTANCE_TYPE = "p5.48xlarge"
 
@@ -246,7 +248,8 @@ class DevCluster:
         cfg = self.load_config()
         ports = self._ports(cfg).by_component() if cfg else {}
         out = []
-        for c in COMPONENTS:
+        real = ("containerd", "apiserver-proxy", "kubelet") if (cfg or {}).get("real_node", {}).get("enabled") else ()
+        for c in (*COMPONENTS, *real):
             rec = _read_pidfile(self.pidsdir / f"{c}.json")
             out.append(ComponentStatus(c, rec["pid"] if rec else None, _alive(rec), ports.get(c, []),
                                        self.logs / f"{c}.log"))
@@ -259,6 +262,16 @@ class DevCluster:
     def down(self, purge: bool = False, check_ports: bool = True) -> list[str]:
         """Stop every process this state dir started (even after a crash); returns what was stopped."""
         stopped = []
+        from sft_dev.realnode import RealNode
+
+        rn = RealNode(self)
+        if any((self.pidsdir / f"{c}.json").exists() for c in ("kubelet", "containerd", "apiserver-proxy")) \
+                or rn.owner() == self.state_dir:
+            stopped += rn.down()
+        cfg = self.load_config()
+        if cfg and cfg.get("real_node", {}).get("enabled"):
+            cfg["real_node"]["enabled"] = False
+            self.config_file.write_text(json.dumps(cfg, indent=1))
         for c in reversed(COMPONENTS):
             pf = self.pidsdir / f"{c}.json"
             rec = _read_pidfile(pf)
@@ -289,9 +302,10 @@ class DevCluster:
 
     # -- up ----------------------------------------------------------------------------------
     def up(self, nodes: int = 4, gpus_per_node: int = 8, ports: Ports | None = None, wait: float = 120.0,
-           log=sys.stderr) -> ClusterInfo:
+           log=sys.stderr, real_node: bool = False) -> ClusterInfo:
         """Start (or keep) the cluster. Idempotent: a healthy cluster is left as it is, and nodes are
-        added up to `nodes`; a partly dead one is restarted from its state dir."""
+        added up to `nodes`; a partly dead one is restarted from its state dir. `real_node` adds one
+        real kubelet node (sft_dev.realnode) beside the kwok nodes."""
         if nodes < 0 or gpus_per_node < 0:
             raise ClusterError("nodes and gpus_per_node must be >= 0")
         bindir = ensure_binaries(log=log)
@@ -306,14 +320,16 @@ class DevCluster:
                    "component_tokens": {c: secrets.token_hex(16) for c in
                                         ("kube-controller-manager", "kube-scheduler", "kwok")}}
         cfg.update(nodes=nodes, gpus_per_node=gpus_per_node)
+        # The real node's kubelet authenticates as system:node:<name> (the Node authorizer's identity).
+        cfg["component_tokens"].setdefault("kubelet", secrets.token_hex(16))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for d in (self.pki, self.logs, self.pidsdir):
             d.mkdir(exist_ok=True)
         self.config_file.write_text(json.dumps(cfg, indent=1))
         p = self._ports(cfg)
 
-        status = {s.name: s for s in self.status()}
-        if not all(s.running for s in status.values()):
+        status = {s.name: s for s in self.status() if s.name in COMPONENTS}
+        if not all(s.running for s in status.values()) or not self._auth_current(cfg):
             dead = [c for c, s in status.items() if s.pid and not s.running]
             if dead:
                 print(f"found stale state from a stopped or killed run ({', '.join(dead)} not running); "
@@ -327,7 +343,24 @@ class DevCluster:
             self._start_all(bindir, cfg, p, wait, log)
         info = self.info()
         self._ensure_nodes(cfg, info, log)
+        if real_node:
+            from sft_dev.realnode import RealNode
+
+            cfg["real_node"] = dict(cfg.get("real_node") or {}, enabled=True)
+            self.config_file.write_text(json.dumps(cfg, indent=1))
+            RealNode(self).up(cfg, log=log)
         return self.info()
+
+    def _auth_current(self, cfg: dict) -> bool:
+        """Whether the running apiserver was started with today's tokens and kubelet client cert
+        (a cluster from before the real node existed lacks them, and is restarted)."""
+        try:
+            tokens = (self.pki / "tokens.csv").read_text()
+        except OSError:
+            return False
+        rec = _read_pidfile(self.pidsdir / "kube-apiserver.json") or {}
+        return (cfg["component_tokens"]["kubelet"] in tokens
+                and any(a.startswith("--kubelet-client-certificate=") for a in rec.get("argv", [])))
 
     def _check_ports(self, p: Ports, grace: float = 0.0) -> None:
         # `grace`: a component we just stopped can hold its port for a moment after it exits.
@@ -350,6 +383,21 @@ class DevCluster:
             raise ClusterError(f"openssl {' '.join(args[:2])} failed: {p.stderr.strip()[-500:]}")
 
     def _write_pki(self) -> None:
+        self._write_ca_signed_pki()
+        self._write_kubelet_client_cert()
+
+    def _write_kubelet_client_cert(self) -> None:
+        """The apiserver's client certificate for kubelets (logs, exec), signed by the cluster CA."""
+        if (self.pki / "apiserver-kubelet-client.crt").exists():
+            return
+        (self.pki / "kubelet-client.ext").write_text("extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
+        self._openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver-kubelet-client.key",
+                      "-out", "apiserver-kubelet-client.csr", "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+        self._openssl("x509", "-req", "-in", "apiserver-kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                      "-CAcreateserial", "-out", "apiserver-kubelet-client.crt", "-days", "3650",
+                      "-extfile", "kubelet-client.ext")
+
+    def _write_ca_signed_pki(self) -> None:
         if (self.pki / "apiserver.crt").exists() and (self.pki / "sa.pub").exists():
             return
         self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
@@ -386,6 +434,7 @@ class DevCluster:
             f'{ct["kube-controller-manager"]},system:kube-controller-manager,uid-kcm\n'
             f'{ct["kube-scheduler"]},system:kube-scheduler,uid-scheduler\n'
             f'{ct["kwok"]},kwok-controller,uid-kwok,"system:masters"\n'
+            f'{ct["kubelet"]},system:node:{REAL_NODE_NAME},uid-node-{REAL_NODE_NAME},"system:nodes"\n'
         )
         os.chmod(self.pki / "tokens.csv", 0o600)
         self.kubeconfig.write_text(self._kubeconfig_text(server, "sft-dev-admin", cfg["token"]))
@@ -397,13 +446,13 @@ class DevCluster:
         (self.state_dir / "kwok.yaml").write_text(kwok_stages.all_stages())
 
     # -- processes ---------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         logf = open(self.logs / f"{name}.log", "ab")
         logf.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         logf.flush()
         # A new session: the servers outlive `sftctl dev-cluster up` and a Ctrl-C in its terminal.
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=self.state_dir)
+                                start_new_session=True, cwd=self.state_dir, env=env)
         logf.close()
         (self.pidsdir / f"{name}.json").write_text(
             json.dumps({"pid": proc.pid, "start": _proc_start_time(proc.pid), "argv": argv}))
@@ -492,6 +541,10 @@ class DevCluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--token-auth-file={self.pki / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
+            # For `kubectl logs` and exec on the real node: kubelet trusts this CA-signed client.
+            f"--kubelet-client-certificate={self.pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={self.pki / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.pki / 'sa.pub'}",

@@ -233,6 +233,9 @@ def _container_security() -> dict:
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        # Everything the trainer writes goes to emptyDirs (/tmp, /dev/shm); the image's ENV points
+        # HOME, the HF cache and the work dir there.
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }

@@ -170,9 +170,11 @@ def crd_cmd() -> None:
 def _mount_dev_cluster() -> None:
     try:
         from sft_dev.cli import app as dev_cluster_app  # a checkout only: dev tooling is not in the wheel
+        from sft_dev.cli import images_app
     except ImportError:
         return
     app.add_typer(dev_cluster_app, name="dev-cluster")
+    app.add_typer(images_app, name="images")
 
 
 _mount_dev_cluster()

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sft_api.contract import TRAINER_UID
+
 __all__ = ["OperatorSettings", "load_settings"]
 
 
@@ -60,7 +62,7 @@ class OperatorSettings:
     # -- seconds after which a silent peer counts as dead (failover time of an HA pair)
     peering_lifetime_seconds: int = 60
     # -- run as the trainer pods' user (restricted PSS needs a non-root uid)
-    run_as_user: int = 1000
+    run_as_user: int = TRAINER_UID
     # -- resources of the CPU-only preflight pod (never a GPU)
     preflight_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"},
                                                                "limits": {"memory": "8Gi"}})

@@ -34,7 +34,8 @@ def test_base_image_torch_is_the_pinned_torch():
     torch = pins()["torch"]
     assert set(args()["TORCH_VERSION"]) == {torch}
     (base,) = re.findall(r"^FROM (\S+)", DOCKERFILE, re.M)
-    assert base.startswith("pytorch/pytorch:${TORCH_VERSION}-")
+    assert base == "${BASE_IMAGE}"  # a build argument: the CPU variant builds on a local Debian base
+    assert args()["BASE_IMAGE"] == ["pytorch/pytorch:${TORCH_VERSION}-${CUDA_TAG}"]
     assert "cuda" in args()["CUDA_TAG"][0]
 
 
@@ -46,7 +47,9 @@ def test_every_version_in_the_dockerfile_matches_pyproject():
 
 
 def test_installs_the_package_with_the_trainer_and_gpu_extras():
-    assert re.search(r'pip install .*"\.\[trainer,gpu\]"', DOCKERFILE)
+    # EXTRAS defaults to the GPU image's extras; the CPU variant passes EXTRAS=trainer
+    assert args()["EXTRAS"] == ["trainer,gpu"]
+    assert re.search(r'pip install .*"\.\[\$\{EXTRAS\}\]"', DOCKERFILE)
     for pkg in ("deepspeed", "bitsandbytes", "liger-kernel", "trl", "peft"):
         assert pkg in pins()
 

@@ -1,0 +1,527 @@
+"""A real kubelet node beside the kwok GPU nodes: `sftctl dev-cluster up --real-node`.
+
+Parts (built by sft_dev.realnode_build, cached by version): kubelet from the control plane's
+Kubernetes release, containerd 2.4 and runc 1.5 from the Go module proxy, Debian's CNI plugins.
+Pods on it really run. The facts this design follows were measured on this kind of machine
+(../shared/TOOLING.md, "A real node beside the kwok nodes"):
+- cgroups are v1 (hybrid): kubelet >= 1.35 needs `failCgroupV1: false`.
+- root lacks CAP_SYS_RESOURCE, so the sandbox's oom_score_adj of -998 is refused:
+  containerd's `restrict_oom_score_adj = true`.
+- nothing can be pulled: a local pause image is imported as registry.k8s.io/pause:3.10 and pinned.
+- the node IP may not be loopback, and `kubectl logs` needs one: the bridge's own address.
+
+Network: one bridge (BRIDGE) with the node's address (NODE_IP) and the `kubernetes` Service IP,
+pods on SUBNET with a route to the Service CIDR only, no NAT, no route anywhere else
+(ip_forward stays as it is). Instead of kube-proxy, the Service IP of `kubernetes` lives on the
+bridge and a forwarder (sft_dev.forward) passes it to the apiserver on 127.0.0.1, so in-cluster
+clients (the operator, the trainer's progress channel) work with the apiserver's existing
+certificate. Servers that pods use (SeaweedFS) are exposed on NODE_IP the same way (`expose`).
+
+One real node per machine (it owns the bridge, port 10250 on NODE_IP and /run/sft-realnode);
+`down` removes the bridge, every mount under its directories, its cgroups and its processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sft_dev import realnode_build
+
+NODE_NAME = "real-node-0"
+NODE_LABEL = "sft.dev/real-node"  # "true" on the real node; select it with nodeSelector
+BRIDGE = "sftdev0"
+SUBNET = "10.77.0.0/24"
+NODE_IP = "10.77.0.1"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+KUBELET_PORT = 10250
+RUN_DIR = Path("/run/sft-realnode")  # short paths: containerd's sockets must fit in sun_path
+SANDBOX_IMAGE = f"registry.k8s.io/pause:{realnode_build.PAUSE_VERSION}"
+NAMESPACE = "k8s.io"  # containerd's namespace for CRI images and containers
+COMPONENTS = ("containerd", "apiserver-proxy", "kubelet")
+
+
+class RealNodeError(RuntimeError):
+    """The real node could not start or stop; the message names the cause."""
+
+
+def _sh(cmd: list[str], what: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise RealNodeError(f"{what} failed (exit {p.returncode}): `{' '.join(cmd)}`: "
+                            f"{(p.stderr or p.stdout).strip()[-800:]}")
+    return p
+
+
+def containerd_root() -> Path:
+    """containerd's content and snapshots, kept across clusters so imported images survive `down`."""
+    return realnode_build.cache_root() / "realnode-containerd-root"
+
+
+def socket_path() -> Path:
+    return RUN_DIR / "containerd.sock"
+
+
+def ctr(*args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    return _sh([str(realnode_build.bin_dir() / "ctr"), "--address", str(socket_path()), "--namespace", NAMESPACE,
+                *args], f"ctr {' '.join(args[:2])}", check=check, timeout=timeout)
+
+
+def preflight() -> None:
+    """Say what this machine lacks for a real node, before anything is started."""
+    if os.geteuid() != 0:
+        raise RealNodeError("the real node needs root (kubelet, containerd, the bridge)")
+    if shutil.which("ip") is None:
+        raise RealNodeError("`ip` (Debian's iproute2) is needed to create the bridge")
+    if not realnode_build.CNI_DIR.joinpath("bridge").exists():
+        raise RealNodeError(f"no CNI bridge plugin in {realnode_build.CNI_DIR}: "
+                            "apt-get install containernetworking-plugins")
+    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        raise RealNodeError("no memory cgroup controller under /sys/fs/cgroup: kubelet cannot run pods")
+    if not Path("/proc/filesystems").read_text().count("overlay"):
+        _sh(["modprobe", "overlay"], "modprobe overlay (containerd's overlayfs snapshotter)", check=False)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def containerd_config(state: Path) -> str:
+    runc = realnode_build.bin_dir() / "runc"
+    return f"""version = 3
+root = "{containerd_root()}"
+state = "{RUN_DIR / 'containerd'}"
+[grpc]
+  address = "{socket_path()}"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{SANDBOX_IMAGE}"
+[plugins."io.containerd.cri.v1.runtime"]
+  # root here lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj of -998 would be refused
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "{runc}"
+        SystemdCgroup = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{realnode_build.CNI_DIR}"]
+    conf_dir = "{state / 'cni' / 'net.d'}"
+"""
+
+
+def cni_conflist(state: Path) -> dict:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "sft-dev",
+        "plugins": [{
+            "type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
+            "ipam": {"type": "host-local", "dataDir": str(state / "cni" / "ipam"),
+                     "ranges": [[{"subnet": SUBNET, "gateway": NODE_IP}]],
+                     # the Service CIDR only (served on the bridge itself): no route to the outside
+                     "routes": [{"dst": SERVICE_CIDR}]},
+        }],
+    }
+
+
+def kubelet_config(state: Path, ca_file: Path, healthz_port: int) -> dict:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "failCgroupV1": False,  # cgroups are v1 (hybrid) here; kubelet >= 1.35 refuses them otherwise
+        "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{socket_path()}",
+        "address": NODE_IP, "port": KUBELET_PORT, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": healthz_port,
+        # Only the apiserver (its kubelet client certificate, signed by the cluster CA) may talk to it.
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(ca_file)}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "failSwapOn": False,
+        "podLogsDir": str(state / "pod-logs"),
+        "volumePluginDir": str(state / "volume-plugins"),
+        "clusterDomain": "cluster.local",
+        "resolvConf": "/etc/resolv.conf",
+        "serializeImagePulls": False,
+        # The images are imported, never pulled: keep them however full the disk gets.
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%", "imagefs.available": "2%",
+                         "nodefs.inodesFree": "2%"},
+        "maxPods": 30,
+        "registerNode": True,
+        "runtimeRequestTimeout": "10m",
+        "shutdownGracePeriod": "0s",
+    }
+
+
+# ------------------------------------------------------------------------------------------ network
+
+
+def _link_exists(name: str) -> bool:
+    return _sh(["ip", "link", "show", name], "ip link show", check=False).returncode == 0
+
+
+def setup_bridge() -> None:
+    if not _link_exists(BRIDGE):
+        _sh(["ip", "link", "add", BRIDGE, "type", "bridge"], f"creating the bridge {BRIDGE}")
+    have = _sh(["ip", "-o", "addr", "show", "dev", BRIDGE], "ip addr show").stdout
+    prefix = SUBNET.split("/")[1]
+    for addr in (f"{NODE_IP}/{prefix}", f"{KUBERNETES_SERVICE_IP}/32"):
+        if f" {addr} " not in have:
+            _sh(["ip", "addr", "add", addr, "dev", BRIDGE], f"adding {addr} to {BRIDGE}")
+    _sh(["ip", "link", "set", BRIDGE, "up"], f"bringing {BRIDGE} up")
+
+
+def delete_bridge() -> None:
+    if _link_exists(BRIDGE):
+        _sh(["ip", "link", "delete", BRIDGE], f"deleting the bridge {BRIDGE}")
+
+
+# ------------------------------------------------------------------------------------------ cleanup
+
+
+def mounts_under(*dirs: Path) -> list[str]:
+    """Mount points below any of `dirs`, deepest first."""
+    roots = [str(d.resolve()) if d.exists() else str(d) for d in dirs]
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split()[4].replace("\\040", " ")
+        if any(mp == r or mp.startswith(r.rstrip("/") + "/") for r in roots):
+            found.append(mp)
+    return sorted(set(found), key=lambda m: m.count("/"), reverse=True)
+
+
+def unmount_all(*dirs: Path) -> list[str]:
+    left = []
+    for _ in range(3):
+        for mp in mounts_under(*dirs):
+            subprocess.run(["umount", mp], capture_output=True)
+        left = mounts_under(*dirs)
+        if not left:
+            return []
+        for mp in left:
+            subprocess.run(["umount", "-l", mp], capture_output=True)
+    return mounts_under(*dirs)
+
+
+def remove_cgroups() -> None:
+    """kubelet's `kubepods` cgroups in every v1 hierarchy (empty once the containers are gone)."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / "kubepods"
+        if not top.is_dir():
+            continue
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for d in [*dirs, top]:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def kill_containers() -> int:
+    """Kill and delete every CRI container and sandbox (containerd must be running)."""
+    out = ctr("containers", "list", "--quiet", check=False)
+    ids = out.stdout.split() if out.returncode == 0 else []
+    for cid in ids:
+        ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
+    for cid in ids:
+        for _ in range(20):
+            if ctr("tasks", "delete", "--force", cid, check=False).returncode == 0 or \
+                    "not found" in ctr("tasks", "list", check=False).stdout + "not found":
+                break
+            time.sleep(0.2)
+        ctr("containers", "delete", cid, check=False)
+    return len(ids)
+
+
+def shim_pids() -> list[int]:
+    """containerd-shim-runc-v2 processes started for our containerd (they outlive it)."""
+    needle = str(socket_path()).encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"containerd-shim-runc-v2" in cmd and needle in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def _log(msg: str, log) -> None:
+    print(msg, file=log, flush=True)
+
+
+def wait_for(check, timeout: float, what: str, tail=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as e:  # not ready yet
+            last = str(e)
+        time.sleep(0.3)
+    raise RealNodeError(f"{what} within {timeout:.0f}s ({last})\n{tail()}")
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def pause_image_tar(out: Path) -> Path:
+    """An OCI image archive of the pause binary, named SANDBOX_IMAGE (what containerd pins)."""
+    import hashlib
+    import io
+    import tarfile
+
+    def blob(data: bytes) -> tuple[str, bytes]:
+        return "sha256:" + hashlib.sha256(data).hexdigest(), data
+
+    layer_buf = io.BytesIO()
+    with tarfile.open(fileobj=layer_buf, mode="w") as t:
+        data = (realnode_build.bin_dir() / "pause").read_bytes()
+        info = tarfile.TarInfo("pause")
+        info.size, info.mode, info.mtime = len(data), 0o755, 0
+        t.addfile(info, io.BytesIO(data))
+    layer_digest, layer = blob(layer_buf.getvalue())
+    cfg_digest, cfg = blob(json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }).encode())
+    man_digest, manifest = blob(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_digest, "size": len(cfg)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
+                    "size": len(layer)}],
+    }).encode())
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": man_digest, "size": len(manifest),
+        "platform": {"architecture": "amd64", "os": "linux"},
+        "annotations": {"io.containerd.image.name": SANDBOX_IMAGE,
+                        "org.opencontainers.image.ref.name": realnode_build.PAUSE_VERSION}}]}).encode()
+    with tarfile.open(out, "w") as t:
+        for name, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index),
+                           *[(f"blobs/sha256/{d.split(':')[1]}", b) for d, b in
+                             ((layer_digest, layer), (cfg_digest, cfg), (man_digest, manifest))]]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            t.addfile(info, io.BytesIO(data))
+    return out
+
+
+def has_image(ref: str) -> bool:
+    out = ctr("images", "list", "--quiet", f"name=={ref}", check=False)
+    return out.returncode == 0 and ref in out.stdout.split()
+
+
+def _imported_file() -> Path:
+    return containerd_root() / "sft-imported.json"
+
+
+def import_archive(archive: Path, ref: str, digest: str, log) -> bool:
+    """Import an image archive into containerd's k8s.io namespace, unless this digest already is."""
+    marks_file = _imported_file()
+    try:
+        marks = json.loads(marks_file.read_text())
+    except (OSError, ValueError):
+        marks = {}
+    if marks.get(ref) == digest and has_image(ref):
+        return False
+    t = time.monotonic()
+    ctr("images", "import", str(archive), timeout=1800)
+    if not has_image(ref):
+        raise RealNodeError(f"importing {archive} did not create the image {ref} in containerd")
+    marks[ref] = digest
+    marks_file.write_text(json.dumps(marks, indent=1))
+    _log(f"imported {ref} into containerd ({archive.stat().st_size / 2**20:.0f} MiB, "
+         f"{time.monotonic() - t:.0f}s)", log)
+    return True
+
+
+def load_built_images(log) -> list[str]:
+    """Import the images that `sftctl images build` has already built (no build here)."""
+    from sft_dev import images
+
+    loaded = []
+    for spec in images.IMAGES.values():
+        archives = sorted(images.images_dir().glob(f"{spec.name}-*.tar"))
+        for archive in archives:
+            meta = archive.with_suffix(".json")
+            if meta.exists():
+                m = json.loads(meta.read_text())
+                import_archive(archive, f"docker.io/{spec.ref}", m["digest"], log)
+                loaded.append(spec.ref)
+    return loaded
+
+
+def running() -> bool:
+    return socket_path().exists() and ctr("version", check=False).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------ the node
+
+
+class RealNode:
+    """The real node of one dev cluster (`cluster` is a sft_dev.cluster.DevCluster)."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.state = cluster.state_dir / "realnode"
+
+    def _pidfile(self, name: str) -> Path:
+        return self.cluster.pidsdir / f"{name}.json"
+
+    def alive(self, name: str) -> bool:
+        from sft_dev.cluster import _alive, _read_pidfile
+
+        return _alive(_read_pidfile(self._pidfile(name)))
+
+    def owner(self) -> Path | None:
+        try:
+            return Path((RUN_DIR / "owner").read_text().strip())
+        except OSError:
+            return None
+
+    def up(self, cfg: dict, log=sys.stderr, timeout: float = 120.0) -> None:
+        preflight()
+        realnode_build.ensure_binaries(log=log)
+        owner = self.owner()
+        if owner and owner != self.cluster.state_dir and (owner / "pids" / "kubelet.json").exists():
+            raise RealNodeError(f"the dev cluster in {owner} already has the real node (one per machine); "
+                                f"`sftctl dev-cluster down --state-dir {owner}` first")
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        (RUN_DIR / "owner").write_text(str(self.cluster.state_dir))
+        for d in ("cni/net.d", "cni/ipam", "kubelet", "pod-logs", "volume-plugins"):
+            (self.state / d).mkdir(parents=True, exist_ok=True)
+        setup_bridge()
+        self._start_containerd(log)
+        if not has_image(SANDBOX_IMAGE):
+            ctr("images", "import", str(pause_image_tar(self.state / "pause.tar")))
+        self._start_proxy(cfg)
+        self._start_kubelet(cfg, log, timeout)
+        load_built_images(log)
+
+    def _start_containerd(self, log) -> None:
+        if self.alive("containerd") and running():
+            return
+        conf = self.state / "containerd.toml"
+        conf.write_text(containerd_config(self.state))
+        (self.state / "cni" / "net.d" / "10-sft-dev.conflist").write_text(json.dumps(cni_conflist(self.state), indent=1))
+        bindir = realnode_build.bin_dir()
+        env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+        proc = self.cluster._spawn("containerd", [str(bindir / "containerd"), "--config", str(conf)], env=env)
+        self.cluster._wait("containerd", proc, running, 60)
+
+    def _start_proxy(self, cfg: dict) -> None:
+        if self.alive("apiserver-proxy"):
+            return
+        dev_dir = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=dev_dir)
+        api = cfg["ports"]["apiserver"]
+        proc = self.cluster._spawn("apiserver-proxy", [
+            sys.executable, "-m", "sft_dev.forward", f"{KUBERNETES_SERVICE_IP}:443=127.0.0.1:{api}"], env=env)
+        import socket as _socket
+
+        self.cluster._wait("apiserver-proxy", proc,
+                           lambda: _socket.create_connection((KUBERNETES_SERVICE_IP, 443), timeout=1).close() is None,
+                           20)
+
+    def _start_kubelet(self, cfg: dict, log, timeout: float) -> None:
+        c = self.cluster
+        token = cfg["component_tokens"]["kubelet"]
+        kubeconfig = c.pki / "kubelet.kubeconfig"
+        kubeconfig.write_text(c._kubeconfig_text(f"https://127.0.0.1:{cfg['ports']['apiserver']}",
+                                                 f"system:node:{NODE_NAME}", token))
+        os.chmod(kubeconfig, 0o600)
+        healthz = cfg.setdefault("real_node", {}).setdefault("healthz_port", _free_port())
+        c.config_file.write_text(json.dumps(cfg, indent=1))
+        conf = self.state / "kubelet.json"
+        conf.write_text(json.dumps(kubelet_config(self.state, c.pki / "ca.crt", healthz), indent=1))
+        if not self.alive("kubelet"):
+            proc = c._spawn("kubelet", [
+                str(realnode_build.bin_dir() / "kubelet"), f"--config={conf}", f"--kubeconfig={kubeconfig}",
+                f"--root-dir={self.state / 'kubelet'}", f"--cert-dir={self.state / 'kubelet' / 'pki'}",
+                f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}",
+                f"--node-labels={NODE_LABEL}=true", "--v=1",
+            ])
+            c._wait("kubelet", proc, lambda: c._get(f"http://127.0.0.1:{healthz}/healthz") == b"ok", timeout)
+        info = c.info()
+
+        def ready() -> bool:
+            node = json.loads(c._get(f"{info.server}/api/v1/nodes/{NODE_NAME}", info.token))
+            return any(x["type"] == "Ready" and x["status"] == "True" for x in node["status"].get("conditions", []))
+
+        wait_for(ready, timeout, f"node {NODE_NAME} did not become Ready",
+                 lambda: f"log {c.logs / 'kubelet.log'}:\n{c._log_tail('kubelet', 20)}")
+        _log(f"real node {NODE_NAME} Ready ({NODE_IP} on bridge {BRIDGE})", log)
+
+    def down(self) -> list[str]:
+        """Stop kubelet, kill every container, stop containerd, unmount, delete the bridge."""
+        from sft_dev.cluster import _proc_start_time, _read_pidfile, _terminate
+
+        stopped = []
+        rec = _read_pidfile(self._pidfile("kubelet"))
+        if rec and self.alive("kubelet"):
+            _terminate(rec["pid"], rec.get("start"))
+            stopped.append(f"kubelet (pid {rec['pid']})")
+        if socket_path().exists() and running():
+            n = kill_containers()
+            if n:
+                stopped.append(f"{n} container(s)")
+        for name in ("apiserver-proxy", "containerd"):
+            rec = _read_pidfile(self._pidfile(name))
+            if rec and self.alive(name):
+                _terminate(rec["pid"], rec.get("start"))
+                stopped.append(f"{name} (pid {rec['pid']})")
+        for pid in shim_pids():
+            _terminate(pid, _proc_start_time(pid), kill_first=True)
+            stopped.append(f"shim pid {pid}")
+        for name in COMPONENTS:
+            self._pidfile(name).unlink(missing_ok=True)
+        left = unmount_all(self.state, RUN_DIR, containerd_root())
+        if left:
+            raise RealNodeError(f"could not unmount {left[:5]} (still busy)")
+        remove_cgroups()
+        delete_bridge()
+        if self.owner() == self.cluster.state_dir:
+            shutil.rmtree(RUN_DIR, ignore_errors=True)
+        # kubelet's pod dirs (emptyDirs with the trainers' scratch) are not worth keeping
+        shutil.rmtree(self.state / "kubelet" / "pods", ignore_errors=True)
+        return stopped
+
+
+def _free_port() -> int:
+    import socket as _socket
+
+    s = _socket.socket()
+    s.bind(("127.0.0.1", 0))
+    try:
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def expose(state_dir: Path, name: str, port: int) -> subprocess.Popen:
+    """Make a server on 127.0.0.1:port reachable from pods at NODE_IP:port (a forwarder process;
+    the caller stops it)."""
+    dev_dir = str(Path(__file__).resolve().parents[1])
+    log = open(Path(state_dir) / f"forward-{name}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "sft_dev.forward", f"{NODE_IP}:{port}=127.0.0.1:{port}"],
+                            env=dict(os.environ, PYTHONPATH=dev_dir), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    import socket as _socket
+
+    wait_for(lambda: proc.poll() is None and _socket.create_connection((NODE_IP, port), timeout=1).close() is None,
+             10, f"forwarding {NODE_IP}:{port} to 127.0.0.1:{port} did not start")
+    return proc
