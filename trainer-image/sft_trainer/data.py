@@ -284,9 +284,9 @@ def to_trl_rows(examples: Iterable[dict[str, Any]], loss_on: str, tokenizer: Any
     rows = []
     for e in examples:
         tokens = e[TOKENS_KEY]
-        row = {"input_ids": tokens["input_ids"]}
+        row = {"input_ids": list(tokens["input_ids"])}
         if column:
-            row[column] = tokens["mask"]
+            row[column] = list(tokens["mask"])
         rows.append(row)
     return rows
 
@@ -302,4 +302,4 @@ def _encode_missing(examples: list[dict[str, Any]], loss_on: str, tokenizer: Any
             enc = masking.encode(tokenizer, e["messages"], loss_on, verdict, info)
         except masking.MaskingError as err:
             raise ConfigError(f"spec.datasets: {e.get('source', '?')}: {err}") from err
-        e[TOKENS_KEY] = {"loss_on": loss_on, "input_ids": enc.input_ids, "mask": enc.mask}
+        e[TOKENS_KEY] = {"loss_on": loss_on, "input_ids": enc.input_ids, "mask": enc.mask}  # plain lists

@@ -24,6 +24,7 @@ pre-tokenized dataset; TRL builds the labels, truncates and packs them.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -84,6 +85,45 @@ def render(tok: Any, messages: list[dict[str, str]], gen_prompt: bool = False) -
         raise MaskingError(f"the chat template fails to render this conversation: {e}") from e
 
 
+class Renderer:
+    """``render`` without apply_chat_template's per-call copying: the compiled template, called with
+    the same variables. Used only when it renders the probe exactly as apply_chat_template does."""
+
+    def __init__(self, tok: Any):
+        self.tok = tok
+        self.compiled = None
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            self.compiled = _compile_jinja_template(tok.chat_template)
+            self.variables = dict(tok.special_tokens_map)
+            same = [self._same(probe, gp) for probe in ([PROBE_SYSTEM, *PROBE], PROBE) for gp in (False, True)]
+            if False in same or True not in same:
+                self.compiled = None
+        except Exception:  # noqa: BLE001 - any doubt: the public path
+            self.compiled = None
+
+    def _same(self, probe: list[dict[str, str]], gen_prompt: bool) -> bool | None:
+        """Whether both paths render ``probe`` alike (None: the template rejects it)."""
+        try:
+            expect = render(self.tok, probe, gen_prompt)
+        except MaskingError:
+            return None
+        return self._direct(probe, gen_prompt) == expect
+
+    def _direct(self, messages: list[dict[str, str]], gen_prompt: bool) -> str:
+        return self.compiled.render(messages=messages, tools=None, documents=None,
+                                    add_generation_prompt=gen_prompt, **self.variables)
+
+    def __call__(self, messages: list[dict[str, str]], gen_prompt: bool = False) -> str:
+        if self.compiled is None:
+            return render(self.tok, messages, gen_prompt)
+        try:
+            return self._direct(messages, gen_prompt)
+        except Exception as e:  # noqa: BLE001 - jinja raises many types (raise_exception, TypeError, ...)
+            raise MaskingError(f"the chat template fails to render this conversation: {e}") from e
+
+
 def _marker_spans(tok: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
     """Character ranges of the ``{% generation %}`` blocks, from the renderer apply_chat_template uses."""
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -96,26 +136,26 @@ def _marker_spans(tok: Any, messages: list[dict[str, str]], text: str) -> list[t
     return [tuple(s) for s in indices[0]]
 
 
-def _incremental_spans(tok: Any, messages: list[dict[str, str]], text: str,
+def _incremental_spans(rend: Renderer, messages: list[dict[str, str]], text: str,
                        turns: list[int]) -> list[tuple[int, int]] | None:
     """Spans from prefix renders, or None when this conversation is not prefix-preserving."""
     spans = []
     for k in turns:
-        head = render(tok, messages[:k], gen_prompt=True) if k else ""
-        whole = render(tok, messages[:k + 1])
+        head = rend(messages[:k], gen_prompt=True) if k else ""
+        whole = text if k == len(messages) - 1 else rend(messages[:k + 1])
         if not (whole.startswith(head) and text.startswith(whole)):
             return None
         spans.append((len(head), len(whole)))
     return spans
 
 
-def _per_turn_spans(tok: Any, messages: list[dict[str, str]], text: str,
+def _per_turn_spans(rend: Renderer, messages: list[dict[str, str]], text: str,
                     turns: list[int]) -> list[tuple[int, int]]:
     spans = []
     for k in turns:
         probe = [dict(m) for m in messages]
         probe[k]["content"] = SENTINEL
-        marked = render(tok, probe)
+        marked = rend(probe)
         at = marked.find(SENTINEL)
         if at < 0 or marked.count(SENTINEL) != 1:
             raise MaskingError(f"the chat template does not render assistant turn {k} (messages[{k}]) once")
@@ -134,6 +174,7 @@ class TokenInfo:
 
     def __init__(self, tok: Any, end_of_turn: list[str]):
         self.tok = tok
+        self.render = Renderer(tok)
         self.eot_ids = {i for i in tok.convert_tokens_to_ids(end_of_turn) if i is not None}
         if tok.eos_token_id is not None:
             self.eot_ids.add(tok.eos_token_id)
@@ -151,11 +192,11 @@ def special_ids(tok: Any) -> set[int]:
     return ids
 
 
-def _token_range(offsets: list[tuple[int, int]], span: tuple[int, int]) -> tuple[int, int]:
-    """Tokens [a, b) whose characters overlap ``span`` (a == b when none do)."""
-    s, e = span
-    idx = [i for i, (ts, te) in enumerate(offsets) if ts < e and te > s]
-    return (idx[0], idx[-1] + 1) if idx else (0, 0)
+def _token_range(starts: list[int], ends: list[int], span: tuple[int, int]) -> tuple[int, int]:
+    """Tokens [a, b) whose characters overlap ``span`` (a == b when none do); offsets are sorted."""
+    a = bisect.bisect_right(ends, span[0])  # the first token ending after the span starts
+    b = bisect.bisect_left(starts, span[1], lo=a)  # the first token starting at or after its end
+    return (a, b) if a < b else (a, a)
 
 
 def _close_turn(ids: list[int], a: int, b: int, info: TokenInfo) -> tuple[int, str]:
@@ -178,14 +219,12 @@ def _close_turn(ids: list[int], a: int, b: int, info: TokenInfo) -> tuple[int, s
     return b, "missing"
 
 
-def spans_to_mask(tok: Any, text: str, spans: list[tuple[int, int]], info: TokenInfo) -> Encoded:
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+def spans_to_mask(ids: list[int], offsets: list[tuple[int, int]], text: str, spans: list[tuple[int, int]],
+                  info: TokenInfo) -> Encoded:
     out = Encoded(input_ids=list(ids), mask=[0] * len(ids), text=text)
+    starts, ends = [o[0] for o in offsets], [o[1] for o in offsets]
     for span in spans:
-        a, b = _token_range(offsets, span)
-        if a == b:  # an empty turn: only its end-of-turn token, if one follows
-            a = b = next((i for i, (ts, _) in enumerate(offsets) if ts >= span[0]), len(ids))
+        a, b = _token_range(starts, ends, span)
         b, how = _close_turn(ids, a, b, info)
         out.eot_added += how == "added"
         out.turns_without_eot += how == "missing"
@@ -200,27 +239,51 @@ def assistant_turns(messages: list[dict[str, str]], loss_on: str) -> list[int]:
     return turns[-1:] if loss_on == "completion" else turns
 
 
-def encode(tok: Any, messages: list[dict[str, str]], loss_on: str, verdict: TemplateVerdict,
-           info: TokenInfo) -> Encoded:
-    """Token ids and loss mask of one conversation; raises MaskingError with the reason."""
-    text = render(tok, messages)
+def conversation_spans(tok: Any, messages: list[dict[str, str]], loss_on: str, verdict: TemplateVerdict,
+                       info: TokenInfo) -> tuple[str, list[tuple[int, int]] | None]:
+    """The rendered text and its trained character spans (None: every token, for lossOn all)."""
+    text = info.render(messages)
     if loss_on == "all":
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        return Encoded(input_ids=list(ids), mask=[1] * len(ids), text=text)
+        return text, None
     turns = assistant_turns(messages, loss_on)
     if verdict.strategy == "markers":
         spans = _marker_spans(tok, messages, text)
-        if loss_on == "completion":
-            spans = spans[-1:]
-    elif verdict.strategy == "incremental":
-        spans = _incremental_spans(tok, messages, text, turns)
-        if spans is None:  # this conversation (not the probe) re-renders earlier turns
-            spans = _per_turn_spans(tok, messages, text, turns)
-    else:
-        spans = _per_turn_spans(tok, messages, text, turns)
-    enc = spans_to_mask(tok, text, spans, info)
-    if not any(enc.mask):
-        raise MaskingError("no token of any assistant turn is marked for loss")
+        return text, spans[-1:] if loss_on == "completion" else spans
+    spans = None
+    if verdict.strategy == "incremental":
+        spans = _incremental_spans(info.render, messages, text, turns)
+    # per-turn templates, and the conversations of an incremental one that re-render earlier turns
+    return text, spans if spans is not None else _per_turn_spans(info.render, messages, text, turns)
+
+
+def encode_batch(tok: Any, conversations: list[list[dict[str, str]]], loss_on: str, verdict: TemplateVerdict,
+                 info: TokenInfo) -> list[Encoded | MaskingError]:
+    """Encode many conversations, tokenized in one batch call; a failure is returned, not raised."""
+    planned: list[tuple[int, str, Any]] = []
+    out: list[Encoded | MaskingError] = [MaskingError("not encoded")] * len(conversations)
+    for n, messages in enumerate(conversations):
+        try:
+            planned.append((n, *conversation_spans(tok, messages, loss_on, verdict, info)))
+        except MaskingError as e:
+            out[n] = e
+    if not planned:
+        return out
+    batch = tok([text for _, text, _ in planned], add_special_tokens=False, return_offsets_mapping=True)
+    for (n, text, spans), ids, offsets in zip(planned, batch["input_ids"], batch["offset_mapping"]):
+        if spans is None:
+            out[n] = Encoded(input_ids=list(ids), mask=[1] * len(ids), text=text)
+            continue
+        enc = spans_to_mask(ids, offsets, text, spans, info)
+        out[n] = enc if any(enc.mask) else MaskingError("no token of any assistant turn is marked for loss")
+    return out
+
+
+def encode(tok: Any, messages: list[dict[str, str]], loss_on: str, verdict: TemplateVerdict,
+           info: TokenInfo) -> Encoded:
+    """Token ids and loss mask of one conversation; raises MaskingError with the reason."""
+    enc = encode_batch(tok, [messages], loss_on, verdict, info)[0]
+    if isinstance(enc, MaskingError):
+        raise enc
     return enc
 
 
@@ -267,14 +330,15 @@ def analyze_template(tok: Any, loss_on: str) -> TemplateVerdict:
         verdict.strategy = "none"
         return verdict
     turns = assistant_turns(probe, "assistant")
+    rend = Renderer(tok)
     if MARKERS_RE.search(tok.chat_template):
         verdict.strategy = "markers"
-    elif _incremental_spans(tok, probe, text, turns) is not None:
+    elif _incremental_spans(rend, probe, text, turns) is not None:
         verdict.strategy = "incremental"
     else:
         verdict.prefix_preserving = False
         try:
-            _per_turn_spans(tok, probe, text, turns)
+            _per_turn_spans(rend, probe, text, turns)
         except MaskingError as e:
             raise ConfigError(
                 f"{TEMPLATE_FIELD}: the chat template is not prefix-preserving (a longer conversation re-renders "

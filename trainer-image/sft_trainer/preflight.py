@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from .exit_codes import ConfigError
 
 SHOW_BAD_ROWS = 10
 TOKENS_KEY = "tokens"  # where an example keeps its encoding: {"loss_on", "input_ids", "mask"}
+ENCODE_BATCH = 512  # conversations tokenized per call (the fast tokenizer batches in Rust)
 
 
 @dataclass
@@ -110,10 +112,10 @@ class _Tally:
     dropped: int = 0
 
 
-def _encode_one(tokenizer: Any, e: dict[str, Any], loss_on: str, verdict: masking.TemplateVerdict,
-                info: masking.TokenInfo, tally: _Tally) -> None:
-    enc = masking.encode(tokenizer, e["messages"], loss_on, verdict, info)
-    e[TOKENS_KEY] = {"loss_on": loss_on, "input_ids": enc.input_ids, "mask": enc.mask}
+def _keep(e: dict[str, Any], enc: masking.Encoded, loss_on: str, verdict: masking.TemplateVerdict,
+          tally: _Tally) -> None:
+    # compact: 4 bytes a token id, 1 a mask bit (100k rows of 600 tokens: 0.3 GB, not 2 GB of lists)
+    e[TOKENS_KEY] = {"loss_on": loss_on, "input_ids": array("i", enc.input_ids), "mask": bytes(enc.mask)}
     tally.eot_added += enc.eot_added
     tally.without_eot += enc.turns_without_eot
     for m in e["messages"]:
@@ -129,16 +131,16 @@ def encode_splits(splits: Splits, tokenizer: Any, loss_on: str, verdict: masking
     """Encode every example once (the mix repeats some); drop those that cannot be masked."""
     info = masking.TokenInfo(tokenizer, verdict.end_of_turn)
     tally, bad, failed = _Tally(), [], set()
-    seen: set[int] = set()
-    for e in splits.train + splits.validation + splits.test:
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        try:
-            _encode_one(tokenizer, e, loss_on, verdict, info, tally)
-        except masking.MaskingError as err:
-            bad.append(BadRow(e.get("source", "?"), str(err)))
-            failed.add(id(e))
+    unique = list({id(e): e for e in splits.train + splits.validation + splits.test}.values())
+    for at in range(0, len(unique), ENCODE_BATCH):
+        chunk = unique[at:at + ENCODE_BATCH]
+        for e, enc in zip(chunk, masking.encode_batch(tokenizer, [e["messages"] for e in chunk], loss_on,
+                                                      verdict, info)):
+            if isinstance(enc, masking.MaskingError):
+                bad.append(BadRow(e.get("source", "?"), str(enc)))
+                failed.add(id(e))
+            else:
+                _keep(e, enc, loss_on, verdict, tally)
     if failed:
         for part in (splits.train, splits.validation, splits.test):
             part[:] = [e for e in part if id(e) not in failed]
@@ -212,7 +214,7 @@ def shown_example(tokenizer: Any, e: dict[str, Any], max_seq_length: int) -> dic
     """One example for the report: its trained segments as training sees them (after truncation)."""
     ids = e[TOKENS_KEY]["input_ids"][:max_seq_length]
     mask = e[TOKENS_KEY]["mask"][:max_seq_length]
-    enc = masking.Encoded(input_ids=ids, mask=mask, text="")
+    enc = masking.Encoded(input_ids=list(ids), mask=list(mask), text="")
     return {"source": e.get("source", "?"), "task_type": e.get("task_type"), "messages": e["messages"],
             "tokens": len(ids), "trained_tokens": sum(mask),
             "trained_segments": masking.trained_segments(tokenizer, enc)}
