@@ -62,8 +62,10 @@ def _validate_check(check: Any) -> str | None:
     return None
 
 
-def load_golden(uri: str, *, base_dir: Path | None = None, storage: Any = None) -> list[GoldenItem]:
-    """Parse the golden set; any malformed row is a config error naming ``file:line``."""
+def load_golden(uri: str, *, base_dir: Path | None = None, storage: Any = None,
+                field: str = "spec.eval.goldenSet.uri") -> list[GoldenItem]:
+    """Parse the golden set (or a regression set: ``field``); any malformed row is a config error
+    naming the field and ``file:line``."""
     uri = resolve_uri(uri, base_dir)
     name = _display(uri)
     items, problems = [], []
@@ -91,9 +93,9 @@ def load_golden(uri: str, *, base_dir: Path | None = None, storage: Any = None) 
             continue
         items.append(GoldenItem(loc, msgs, checks, str(rec.get("task_type") or "default")))
     if problems:
-        raise ConfigError("spec.eval.goldenSet.uri: malformed rows:\n  " + "\n  ".join(problems[:20]))
+        raise ConfigError(f"{field}: malformed rows:\n  " + "\n  ".join(problems[:20]))
     if not items:
-        raise ConfigError(f"spec.eval.goldenSet.uri: {name} has no rows")
+        raise ConfigError(f"{field}: {name} has no rows")
     return items
 
 
@@ -197,7 +199,7 @@ def score_golden(model: Any, tokenizer: Any, items: list[GoldenItem], *, max_new
 def measure_untrained(cfg: Any, model: Any, inputs: Any, result: Any) -> None:
     """Held-out exact match and the golden set before training (the table's "before" column)."""
     result.exact_match_before = exact_match(model, inputs.tokenizer, inputs.splits.test)
-    if inputs.golden is not None:
+    if inputs.golden is not None and result.golden_before is None:
         result.golden_before = score_golden(model, inputs.tokenizer, inputs.golden,
                                             max_new_tokens=cfg.golden_set.max_new_tokens).to_dict()
 
@@ -219,16 +221,3 @@ def final_evaluation(cfg: Any, trainer: Any, method: Any, inputs: Any, result: A
         result.golden_after = score_golden(trainer.model, inputs.tokenizer, inputs.golden,
                                            max_new_tokens=cfg.golden_set.max_new_tokens,
                                            synced_gpus=cfg.zero3).to_dict()
-
-
-def golden_gate(result: Any) -> None:
-    """Below ``goldenSet.minPassRate``: exit GOLDEN_REGRESSION (non-retryable), with both figures."""
-    from .exit_codes import GOLDEN_REGRESSION
-
-    if result.golden_after is None or result.min_pass_rate is None:
-        return
-    rate = result.golden_after["pass_rate"]
-    if rate < result.min_pass_rate:
-        result.exit_code = GOLDEN_REGRESSION
-        result.message = (f"GoldenSetRegression: golden-set pass rate {rate:.2%} < "
-                          f"spec.eval.goldenSet.minPassRate {result.min_pass_rate:.2%}")

@@ -51,6 +51,9 @@ class TrainResult:
     golden_after: dict[str, Any] | None = None
     min_pass_rate: float | None = None
     sanity_check: dict[str, Any] | None = None  # sanity.py: the pre-run's losses and verdict
+    scored_sets: dict[str, Any] = field(default_factory=dict)  # gates.py: base and final pass rate per set
+    golden_checkpoints: list[dict[str, Any]] = field(default_factory=list)  # golden set at checkpoints
+    golden_stop: dict[str, Any] | None = None  # a maxDrop stop: the step, the best step, onRegression
     checkpoint_uri: str | None = None
     output_uri: str | None = None
     loss_curve: str | None = None
@@ -301,8 +304,9 @@ def train(
     Raises ``TrainerError`` subclasses (ConfigError, TopologyMismatch) for non-retryable problems;
     returns a ``TrainResult`` whose ``exit_code`` is 0, GOLDEN_REGRESSION or INTERRUPTED otherwise.
     """
-    from .evaluation import final_evaluation, golden_gate, measure_untrained
+    from .evaluation import final_evaluation
     from .export import export_model, write_loss_curve
+    from .gates import evaluation_gates, score_base, score_final
     from .lineage import report_lineage, write_beside_model, write_lineage
     from .methods import get_method
     from .modeling import load_model
@@ -332,10 +336,8 @@ def train(
     write_lineage(cfg, inputs, model, result, rank=rank)
     # Overfit a few examples from the base weights, then restore them: fail fast on a run that cannot learn.
     sanity_check(cfg, method, inputs, model, result, rank=rank, phase=phase, resume_dir=resume_dir, reporter=reporter)
-    # The untrained model's figures, for the before/after table of a fresh run.
-    if measure_before and resume_dir is None and rank == 0:
-        phase("measuring the untrained model")
-        measure_untrained(cfg, model, inputs, result)
+    # The base model's figures: golden and regression sets (for the deltas), the before/after table.
+    scored = score_base(cfg, model, inputs, result, rank=rank, phase=phase, measure=measure_before and not resume_dir)
     trainer, callbacks, counting = build_trainer(
         cfg, method, inputs, model, store=store, reporter=reporter, metrics_port=metrics_port,
         serve_metrics=serve_metrics, extra_callbacks=extra_callbacks, result=result)
@@ -346,6 +348,7 @@ def train(
             return result  # SIGTERM: the checkpoint is committed; the rest belongs to the next attempt
         # Test loss, held-out exact match and the golden set on the trained model.
         final_evaluation(cfg, trainer, method, inputs, result, rank=rank, measure=measure_before, phase=phase)
+        score_final(cfg, trainer, inputs, scored, result, rank=rank, phase=phase)  # regression sets, deltas
         # Export the model, draw the loss curve, report the evaluation to status.
         if cfg.output_uri:
             phase(f"exporting the model to {cfg.output_uri}")
@@ -356,8 +359,8 @@ def train(
             report_evaluation(callbacks, result)
             (cfg.workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
         barrier()
-        # The golden-set gate decides the exit code.
-        golden_gate(result)
+        # The evaluation gates decide the exit code: minPassRate(ByTask), maxDrop, maxRegressionVsBase.
+        evaluation_gates(cfg, result)
         return result
     finally:
         _flush_metrics(callbacks, rank)
