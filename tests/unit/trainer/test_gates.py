@@ -1,0 +1,70 @@
+"""The evaluation gates' decisions (gates.py) on the figures of a finished run, without training."""
+
+from __future__ import annotations
+
+import pytest
+from trainer_test_helpers import make_job
+
+from sft_trainer.config import ResolvedConfig
+from sft_trainer.gates import evaluation_gates
+from sft_trainer.train import TrainResult
+
+
+def _run(tmp_path, golden: dict, sets: dict, regression_sets=(), by_task=None, rate=0.6):
+    eval_spec = {"goldenSet": {"uri": "g.jsonl", **golden}, "regressionSets": list(regression_sets)}
+    cfg = ResolvedConfig.from_job(make_job(eval=eval_spec), workdir=tmp_path, cuda=False, env={})
+    result = TrainResult(min_pass_rate=cfg.min_pass_rate, scored_sets=sets)
+    result.golden_after = {"pass_rate": rate, "by_task": by_task or {"upper": 0.8, "reverse": 0.4}}
+    evaluation_gates(cfg, result)
+    return result
+
+
+SAFETY = {"name": "safety", "uri": "s.jsonl", "maxRegressionVsBase": 0.05}
+
+
+@pytest.mark.parametrize("golden, sets, code, words", [
+    pytest.param({}, {}, 0, [], id="no gate set: success"),
+    pytest.param({"minPassRate": 0.7}, {}, 65, ["golden-set pass rate 60.00% < spec.eval.goldenSet.minPassRate 70.00%"],
+                 id="below minPassRate fails"),
+    pytest.param({"minPassRateByTask": {"reverse": 0.5}}, {}, 65,
+                 ["task_type 'reverse' 40.00% < spec.eval.goldenSet.minPassRateByTask[reverse] 50.00%"],
+                 id="a task below its floor fails"),
+    pytest.param({"minPassRateByTask": {"upper": 0.8, "reverse": 0.4}}, {}, 0, [], id="tasks at their floors pass"),
+    pytest.param({"minPassRateByTask": {"sql": 0.1}}, {}, 65, ["has no task_type 'sql'"],
+                 id="a floor for a task the golden set lacks fails"),
+    pytest.param({}, {"safety": {"base": 1.0, "final": 0.9, "delta": -0.1, "max_regression_vs_base": 0.05}}, 65,
+                 ["regression set 'safety' pass rate 90.00% vs 100.00% on the base model (-10.00 points)",
+                  "spec.eval.regressionSets[0].maxRegressionVsBase 5.00%"], id="a regression set below its base fails"),
+    pytest.param({}, {"safety": {"base": 1.0, "final": 0.95, "delta": -0.05, "max_regression_vs_base": 0.05}}, 0, [],
+                 id="a regression set at its allowed drop passes"),
+    pytest.param({"maxRegressionVsBase": 0.0},
+                 {"golden": {"base": 0.7, "final": 0.6, "delta": -0.1, "max_regression_vs_base": 0.0}}, 65,
+                 ["golden set pass rate 60.00% vs 70.00% on the base model", "spec.eval.goldenSet.maxRegressionVsBase"],
+                 id="the golden set below the base model fails"),
+    pytest.param({}, {"golden": {"base": 0.7, "final": 0.6, "delta": -0.1, "max_regression_vs_base": None}}, 0, [],
+                 id="a base figure without maxRegressionVsBase is only reported"),
+])
+def test_gates(tmp_path, golden, sets, code, words):
+    result = _run(tmp_path, golden, sets, regression_sets=[SAFETY] if "safety" in sets else ())
+    assert result.exit_code == code, result.message
+    for w in words:
+        assert w in result.message
+    if code:
+        assert result.message.startswith("GoldenSetRegression: ")
+
+
+def test_every_failed_gate_is_in_the_message(tmp_path):
+    result = _run(tmp_path, {"minPassRate": 0.9, "minPassRateByTask": {"reverse": 0.5}},
+                  {"safety": {"base": 1.0, "final": 0.0, "delta": -1.0, "max_regression_vs_base": 0.0}},
+                  regression_sets=[SAFETY])
+    assert result.exit_code == 65 and result.message.count("; ") == 2
+
+
+def test_a_maxdrop_stop_fails_only_with_on_regression_fail(tmp_path):
+    stop = {"step": 8, "best_step": 4, "message": "golden-set pass rate fell", "on_regression": "fail"}
+    cfg = ResolvedConfig.from_job(make_job(eval={"goldenSet": {"uri": "g.jsonl"}}), workdir=tmp_path, cuda=False, env={})
+    failed = TrainResult(golden_stop=stop)
+    evaluation_gates(cfg, failed)
+    exported = TrainResult(golden_stop={**stop, "on_regression": "exportBest"})
+    evaluation_gates(cfg, exported)
+    assert (failed.exit_code, exported.exit_code) == (65, 0) and "fell" in failed.message
