@@ -70,6 +70,8 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
             "storage": {"secretRef": "s3-credentials", "endpoint": s3.endpoint},
             "workers": {"nodes": 2, "gpusPerNode": 0, "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}},
             "failurePolicy": {"maxRestarts": 0, "stallTimeoutSeconds": 3600},
+            # the operator's CPU-only preflight pod would never finish here (kwok): this test runs the gang
+            "preflight": {"enabled": False},
         },
     })
     pods = sft.running_pods(name, 1, 2)
