@@ -99,6 +99,10 @@ def _print_summary(console: Any, result: Any, workdir: Path, results_path: Path 
     )
     if result.resumed_from is not None:
         console.print(f"resumed from committed checkpoint {result.resumed_from}")
+    if result.max_steps and result.global_step < result.max_steps and not result.interrupted:
+        # the figures of a run stopped early (a time box on a busy machine) are not the spec's
+        console.print(f"[yellow]stopped at step {result.global_step} of {result.max_steps}[/] (time budget or early "
+                      f"stopping): the learning rate had not decayed, so these figures are below those of a full run")
     for label, value in (("checkpoint", result.checkpoint_uri), ("model", result.output_uri),
                          ("loss curve", result.loss_curve), ("report", str(workdir / "result.json")),
                          ("figures", str(results_path) if results_path else None)):
