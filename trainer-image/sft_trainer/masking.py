@@ -361,10 +361,17 @@ def _check_probe_mask(tok: Any, probe: list[dict[str, str]], verdict: TemplateVe
     if not verdict.end_of_turn or enc.turns_without_eot:
         verdict.notes.append("WARNING: no end-of-turn token follows an assistant turn, so the model may not "
                              "learn to stop")
-    trained = "".join(tok.decode([t]) for t, m in zip(enc.input_ids, enc.mask) if m)
-    if "Ast1probe" not in trained or "Usr" in trained or "Sys" in trained:
-        raise ConfigError(f"{TEMPLATE_FIELD}: masking the probe conversation trains {trained!r}, not the "
-                          "assistant turns")
+    # by characters, not decoded text: a tokenizer may lack a character of the probe
+    offsets = tok(enc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    covered = {c for (s, e), m in zip(offsets, enc.mask) if m for c in range(s, e)}
+    for m in probe:
+        at = enc.text.find(m["content"])
+        chars = set(range(at, at + len(m["content"]))) if at >= 0 else set()
+        if (m["role"] == "assistant") != (bool(chars) and chars <= covered) or (
+                m["role"] != "assistant" and chars & covered):
+            trained = "".join(segment for segment in trained_segments(tok, enc))
+            raise ConfigError(f"{TEMPLATE_FIELD}: masking the probe conversation trains {trained!r}, not exactly "
+                              "the assistant turns")
     return verdict
 
 

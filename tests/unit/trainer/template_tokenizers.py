@@ -67,3 +67,27 @@ def save(tok, path: Path) -> Path:
     """A model directory with only the tokenizer files, as ``spec.model.uri`` points at it."""
     tok.save_pretrained(str(path))
     return path
+
+
+def build_subword(template: str, family: str, corpus: list[str], *, byte_level: bool):
+    """A BPE trained here on ``corpus`` (ByteLevel like Llama 3, or Metaspace like SentencePiece
+    Mistral), so that tokens span several characters and a leading space joins the next word."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bos, eos, pad, extra = FAMILIES[family]
+    specials = list(dict.fromkeys(["<unk>"] + [t for t in (bos, eos, pad) if t] + extra + _SPECIAL_RE.findall(template)))
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if byte_level:
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = sorted(set("".join(corpus)) | set("▁"))
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token=bos, eos_token=eos,
+                                 pad_token=pad or eos)
+    hf.chat_template = template
+    return hf

@@ -192,3 +192,17 @@ def test_a_conversation_the_template_rejects_is_a_masking_error_with_the_templat
     tok, verdict, _ = encode("gemma", SINGLE)
     with pytest.raises(masking.MaskingError, match="System role not supported"):
         masking.encode(tok, SYSTEM, "assistant", verdict, masking.TokenInfo(tok, verdict.end_of_turn))
+
+
+@pytest.mark.parametrize("name,byte_level", [("llama3_1", True), ("mistral_v0_3", False), ("qwen3", True)])
+def test_subword_tokens_that_straddle_a_span_boundary_are_trained_when_they_overlap_it(name, byte_level):
+    """With merges, " It" is one token: it trains because it overlaps the content (a leading space)."""
+    _, family, _, eot, eot_final, lead, _ = TEMPLATES[name]
+    template = tt.trl_template(name) if TEMPLATES[name][0] == "trl" else tt.local_template(name)
+    corpus = [m["content"] for m in SYSTEM] * 50 + ["It is 4. Six, of course. What is 2+2? And 3+3?"] * 50
+    tok = tt.build_subword(template, family, corpus, byte_level=byte_level)
+    verdict = masking.analyze_template(tok, "assistant")
+    enc = masking.encode(tok, SYSTEM, "assistant", verdict, masking.TokenInfo(tok, verdict.end_of_turn))
+    assert any(len(tok.decode([t]).strip()) > 2 for t in enc.input_ids)  # real multi-character tokens
+    assert enc.mask == expected_mask(tok, enc.text, SYSTEM, eot, eot_final, lead)
+    assert [s.strip() for s in masking.trained_segments(tok, enc)] == [f"It is 4.{eot}", f"Six, of course.{eot}"]
