@@ -138,6 +138,8 @@ def manifest(name: str, nodes: int, gpus: int) -> dict:
             "training": {"maxSteps": 100},
             "workers": {"nodes": nodes, "gpusPerNode": gpus, "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
             "failurePolicy": {"maxRestarts": 3, "stallTimeoutSeconds": 86400},
+            # The figures are apply -> gang; kwok never finishes a preflight pod by itself.
+            "preflight": {"enabled": False},
         },
     }
 

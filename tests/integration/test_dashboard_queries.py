@@ -46,6 +46,7 @@ def cut_down_quickstart(dest: Path, namespace: str) -> Path:
     spec["checkpoints"] = {"uri": str(dest / "checkpoints"), "everySteps": 20, "keep": 2}
     spec["output"] = {"uri": str(dest / "model")}
     spec["workers"]["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
+    spec["preflight"] = {"enabled": False}  # this test runs the gang's pod spec; the preflight pod is not its subject
     path = dest / "quickstart.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path

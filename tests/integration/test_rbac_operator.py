@@ -57,11 +57,15 @@ def test_operator_can_do_its_work(kube_api, namespace, sftjob_crd, operator_iden
     api, _ = operator_identity
     create_sftjob(kube_api, "work", namespace, ttlSecondsAfterFinished=0)
     kapi = KubeApi(api)
-    r = one_pass(kapi, namespace, "work")  # creates SA, Role (granting sftjobs/status), RoleBinding, CM, Service, Job
+    r = one_pass(kapi, namespace, "work")  # the preflight first: the attempt's ConfigMap and a CPU-only Job
+    assert [(o["kind"], o["metadata"]["name"]) for o in r.apply] == [("ConfigMap", "work-a1-config"), ("Job", "work-a1-preflight")]
+    [check] = kwok_pods.wait_for_pods(namespace, "sft.dev/job-name=work,sft.dev/component=preflight", 1)
+    kwok_pods.succeed(namespace, check.metadata.name)
+    r = one_pass(kapi, namespace, "work")  # passed: SA, Role (granting sftjobs/status), RoleBinding, CM, Service, Job
     assert [o["kind"] for o in r.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
     job = client.BatchV1Api(kube_api).read_namespaced_job("work-a1", namespace)
     assert "sft-operator" in {m.manager for m in job.metadata.managed_fields}
-    pods = kwok_pods.wait_for_pods(namespace, "sft.dev/job-name=work", 1)
+    pods = kwok_pods.wait_for_pods(namespace, "sft.dev/job-name=work,sft.dev/component!=preflight", 1)
     one_pass(kapi, namespace, "work")
     # A failure: the operator tears the attempt down (deletes Job, Service, ConfigMap, pods) under its role.
     kwok_pods.fail(namespace, pods[0].metadata.name, exit_code=1)
@@ -85,7 +89,7 @@ def test_operator_can_do_its_work(kube_api, namespace, sftjob_crd, operator_iden
     assert {d.kind for d in r.delete} >= {"Role", "RoleBinding", "ServiceAccount", "Job"}
     assert status_code(lambda: client.RbacAuthorizationV1Api(kube_api).read_namespaced_role("work-trainer", namespace)) == 404
     events = client.CoreV1Api(kube_api).list_namespaced_event(namespace, field_selector="involvedObject.name=work").items
-    assert {"AttemptCreated", "PodFailed", "Completed", "TTLExpired"} <= {e.reason for e in events}
+    assert {"PreflightPassed", "AttemptCreated", "PodFailed", "Completed", "TTLExpired"} <= {e.reason for e in events}
 
 
 def test_operator_cannot_read_secrets_or_touch_unrelated_resources(kube_api, namespace, operator_identity):
