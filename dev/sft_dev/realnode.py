@@ -493,6 +493,12 @@ class RealNode:
             raise RealNodeError(f"could not unmount {left[:5]} (still busy)")
         remove_cgroups()
         delete_bridge()
+        # libcni's result cache; empty once the sandboxes are gone (created by the first pod here)
+        for d in (Path("/var/lib/cni/results"), Path("/var/lib/cni")):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
         if self.owner() == self.cluster.state_dir:
             shutil.rmtree(RUN_DIR, ignore_errors=True)
         # kubelet's pod dirs (emptyDirs with the trainers' scratch) are not worth keeping
