@@ -153,7 +153,8 @@ def preflight(
     Exit codes are the trainer's: 0, or 64 for a data, template or spec error (with file:line or the field).
     """
     _load_valid(file)
-    argv = [str(file), "--examples", str(examples)]
+    # relative data paths resolve against the SFTJob file, as under sftctl run
+    argv = [str(file), "--examples", str(examples), "--base-dir", str(file.resolve().parent)]
     if json_path is not None:
         argv += ["--json", str(json_path)]
     raise typer.Exit(_trainer_entry("sft_trainer.preflight", argv))

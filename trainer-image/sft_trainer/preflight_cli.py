@@ -117,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=3, help="training examples to show with trained spans (default 3)")
     p.add_argument("--json", dest="json_path", default=None, help="write the report as JSON to this path")
     p.add_argument("--base-dir", default=None,
-                   help="directory that scheme-less data paths are relative to (default: the SFTJob file's)")
+                   help="directory that scheme-less data paths are relative to (default: the working directory, "
+                        "as for the trainer in a pod; sftctl preflight passes the SFTJob file's directory)")
     p.add_argument("--workdir", default=None, help="scratch directory for tokenizer files fetched from s3://")
     args = p.parse_args(argv)
     console = Console(stderr=False)
     job_path = Path(args.job)
-    base_dir = Path(args.base_dir).resolve() if args.base_dir else job_path.resolve().parent
+    base_dir = Path(args.base_dir).resolve() if args.base_dir else None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sft-preflight-"))
     try:
         report, tokenizer, shown = preflight_job(job_path, examples=max(0, args.examples), base_dir=base_dir,
