@@ -1,5 +1,6 @@
-"""Loss masking pinned to exact label positions, through our spec → SFTConfig mapping and TRL's own
-masking (assistant_only_loss / completion_only_loss) and collator, packing on and off.
+"""Loss masking pinned to exact label positions, through our spec → SFTConfig mapping, our masks
+(masking.py, fed as TRL's ``assistant_masks`` / ``completion_mask`` columns) and TRL's label
+building and collator, packing on and off.
 
 Labels are unshifted (the model shifts them): a trained position carries its own token id,
 every other position -100.
