@@ -25,7 +25,7 @@ GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__range_s", "__
 KNOWN_METRICS = {
     "sftjob_train_loss", "sftjob_eval_loss", "sftjob_learning_rate", "sftjob_grad_norm", "sftjob_tokens_per_second",
     "sftjob_tokens_total", "sftjob_step", "sftjob_total_steps", "sftjob_mfu_ratio", "sftjob_gpu_memory_used_bytes",
-    "sftjob_checkpoint_last_step", "sftjob_checkpoint_save_seconds",
+    "sftjob_checkpoint_last_step", "sftjob_checkpoint_save_seconds", "sftjob_golden_pass_ratio",
     "sftoperator_jobs", "sftoperator_reconcile_duration_seconds", "sftoperator_restarts_total",
     "sftoperator_time_to_running_seconds", "sftoperator_build_info", "sftoperator_reconcile_errors_total",
 }

@@ -206,6 +206,10 @@ class ResolvedConfig:
         return self.spec.checkpoints.keep
 
     @property
+    def checkpoints_every_steps(self) -> int:
+        return self.spec.checkpoints.every_steps
+
+    @property
     def golden_set(self) -> Any:
         """``spec.eval.goldenSet``, or None."""
         return self.spec.eval.golden_set if self.spec.eval is not None else None

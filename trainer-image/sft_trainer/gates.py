@@ -98,6 +98,24 @@ def score_final(cfg: Any, trainer: Any, inputs: Any, sets: list[ScoredSet], resu
         row.update(final=scores["pass_rate"], final_by_task=scores["by_task"])
         if row.get("base") is not None:
             row["delta"] = scores["pass_rate"] - row["base"]
+        if s.name == GOLDEN:
+            _record_final_golden(trainer, scores)
+
+
+def _record_final_golden(trainer: Any, scores: dict[str, Any]) -> None:
+    """The final golden figures as the last point of the picture's golden curve and in Prometheus."""
+    from .golden_checkpoints import RATE_KEY, golden_entries
+
+    state = trainer.state
+    done = golden_entries(state.log_history)
+    if not done or done[-1]["step"] != state.global_step:
+        state.log_history.append({"step": state.global_step, RATE_KEY: scores["pass_rate"],
+                                  **{f"golden_{t}_pass_rate": r for t, r in scores["by_task"].items()}})
+    for cb in trainer.callback_handler.callbacks:
+        metrics = getattr(cb, "metrics", None)
+        if metrics is not None and hasattr(metrics, "set_golden"):
+            metrics.set_golden(scores["pass_rate"], scores["by_task"])
+            return
 
 
 # ------------------------------------------------------------------------------------- the gates

@@ -90,6 +90,11 @@ METRIC_DEFS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Seconds the latest checkpoint took: local save, upload and commit.",
         (),
     ),
+    "sftjob_golden_pass_ratio": (
+        "Golden-set pass rate, 0..1, at the latest scored checkpoint (eval.goldenSet.everyCheckpoints) or at "
+        "the end of training. task_type is 'all' for the whole set, otherwise one task_type of the golden set.",
+        ("task_type",),
+    ),
 }
 
 
@@ -212,6 +217,11 @@ class TrainerMetrics:
 
     def set_eval_loss(self, value: float, task_type: str = OVERALL_TASK) -> None:
         self.set("sftjob_eval_loss", value, task_type=task_type)
+
+    def set_golden(self, pass_rate: float, by_task: dict[str, float]) -> None:
+        self.set("sftjob_golden_pass_ratio", pass_rate, task_type=OVERALL_TASK)
+        for task, rate in by_task.items():
+            self.set("sftjob_golden_pass_ratio", rate, task_type=task)
 
     def observe_checkpoint(self, step: int, seconds: float) -> None:
         self.set("sftjob_checkpoint_last_step", step)

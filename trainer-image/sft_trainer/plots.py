@@ -31,6 +31,38 @@ def loss_series(log_history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[i
     return series
 
 
+_GOLDEN_TASK_RE = re.compile(r"^golden_(.+)_pass_rate$")
+
+
+def golden_series(log_history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """The golden set's pass rate at scored checkpoints (golden_checkpoints.py): 'golden' and 'golden/<task>'."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        for key, value in entry.items():
+            if step is None or not isinstance(value, (int, float)):
+                continue
+            if key == "golden_pass_rate":
+                series.setdefault("golden", []).append((int(step), float(value)))
+            elif m := _GOLDEN_TASK_RE.match(key):
+                series.setdefault(f"golden/{m.group(1)}", []).append((int(step), float(value)))
+    return series
+
+
+def _draw_golden(ax: Any, series: dict[str, list[tuple[int, float]]], plt: Any) -> None:
+    """Pass rates on a second axis (0..1), green: the whole set bold, each task_type dotted."""
+    g = ax.twinx()
+    greens = iter(plt.get_cmap("Greens")([0.45, 0.6, 0.75, 0.9] * 4))
+    for name in sorted(series, key=lambda n: (n != "golden", n)):
+        pts = series[name]
+        kw = (dict(color="darkgreen", lw=2.0, marker="s", ms=5) if name == "golden"
+              else dict(color=next(greens), lw=1.0, ls=":", marker="s", ms=3))
+        g.plot([s for s, _ in pts], [v for _, v in pts], label=name.replace("/", ": ") + " pass rate", **kw)
+    g.set_ylim(-0.02, 1.02)
+    g.set_ylabel("golden-set pass rate")
+    g.legend(fontsize=8, loc="upper center")
+
+
 def write_loss_curve(
     log_history: Iterable[dict[str, Any]],
     path: str,
@@ -48,6 +80,7 @@ def write_loss_curve(
     matplotlib.use("Agg")  # headless: pods and CI have no display
     import matplotlib.pyplot as plt
 
+    log_history = list(log_history)
     series = loss_series(log_history)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     try:
@@ -66,6 +99,9 @@ def write_loss_curve(
         ax.grid(True, alpha=0.3)
         if series:
             ax.legend(fontsize=8)
+        golden = golden_series(log_history)
+        if golden:
+            _draw_golden(ax, golden, plt)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

@@ -203,6 +203,7 @@ def build_trainer(cfg: ResolvedConfig, method: Any, inputs: Inputs, model: Any, 
                   result: TrainResult) -> tuple[Any, list[Any], "_CountingCollator"]:
     """The method's trainer with our callbacks (commit, metrics, progress, early stop, time budget)."""
     from .callbacks import build_callbacks
+    from .golden_checkpoints import golden_checkpoint_callbacks
 
     train_set, eval_sets = method.datasets(cfg, inputs.splits)
     args = method.training_args(cfg, has_eval=eval_sets is not None)
@@ -221,6 +222,7 @@ def build_trainer(cfg: ResolvedConfig, method: Any, inputs: Inputs, model: Any, 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if cfg.max_train_seconds:
         callbacks.append(_time_budget_callback(cfg.max_train_seconds))
+    callbacks.extend(golden_checkpoint_callbacks(cfg, inputs, callbacks, result))  # everyCheckpoints, maxDrop
     callbacks.extend(extra_callbacks or [])
     trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_sets,
                                      processing_class=inputs.tokenizer, peft_config=cfg.lora_config(),

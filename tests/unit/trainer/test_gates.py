@@ -68,3 +68,19 @@ def test_a_maxdrop_stop_fails_only_with_on_regression_fail(tmp_path):
     exported = TrainResult(golden_stop={**stop, "on_regression": "exportBest"})
     evaluation_gates(cfg, exported)
     assert (failed.exit_code, exported.exit_code) == (65, 0) and "fell" in failed.message
+
+
+def test_the_loss_curve_draws_the_golden_pass_rate(tmp_path):
+    from sft_trainer.golden_checkpoints import golden_entries
+    from sft_trainer.plots import golden_series, write_loss_curve
+
+    history = [{"step": s, "loss": 3.0 / s} for s in range(1, 21)]
+    plain = write_loss_curve(history, str(tmp_path / "plain.png"))
+    history += [{"step": 10, "golden_pass_rate": 0.5, "golden_upper_pass_rate": 1.0, "golden_reverse_pass_rate": 0.0},
+                {"step": 20, "golden_pass_rate": 0.75, "golden_upper_pass_rate": 1.0, "golden_reverse_pass_rate": 0.5}]
+    assert golden_series(history) == {"golden": [(10, 0.5), (20, 0.75)], "golden/upper": [(10, 1.0), (20, 1.0)],
+                                      "golden/reverse": [(10, 0.0), (20, 0.5)]}
+    assert golden_entries(history)[1] == {"step": 20, "pass_rate": 0.75, "by_task": {"upper": 1.0, "reverse": 0.5}}
+    with_golden = write_loss_curve(iter(history), str(tmp_path / "golden.png"))  # any iterable
+    assert (tmp_path / "golden.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+    assert plain and with_golden

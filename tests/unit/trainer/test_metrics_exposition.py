@@ -35,6 +35,7 @@ CONTRACT = {
     "sftjob_gpu_memory_used_bytes": set(),
     "sftjob_checkpoint_last_step": set(),
     "sftjob_checkpoint_save_seconds": set(),
+    "sftjob_golden_pass_ratio": {"task_type"},
 }
 
 
@@ -47,8 +48,11 @@ def test_names_labels_and_help_match_the_contract():
     m = TrainerMetrics("team-a", "support-bot")
     m.set_eval_loss(1.25)
     m.set_eval_loss(0.5, "arith")
+    m.set_golden(0.75, {"arith": 0.5, "json": 1.0})
     fams = families(m)
     assert set(fams) == set(CONTRACT) == set(METRIC_DEFS)
+    golden = {s.labels["task_type"]: s.value for s in fams["sftjob_golden_pass_ratio"].samples}
+    assert golden == {"all": 0.75, "arith": 0.5, "json": 1.0}
     for name, extra in CONTRACT.items():
         fam = fams[name]
         assert fam.type == "gauge"
