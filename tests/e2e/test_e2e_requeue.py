@@ -46,3 +46,28 @@ def test_deadline_and_backoff_fire_on_time_without_the_resync_timer(slow_resync_
     st = sft.wait_phase(name, "Failed", 20)
     took = time.monotonic() - started
     assert cond(st, "Failed")["reason"] == "DeadlineExceeded" and took < 14, took
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_live_download_is_not_a_stall_a_silent_one_is(slow_resync_operator, sft):
+    """The trainer reports phase downloading and a heartbeat: no step for twice stallTimeoutSeconds
+    is fine while the heartbeat is fresh; when it stops, Stalled names the phase."""
+    name = "download-stall"
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=1, failurePolicy={"stallTimeoutSeconds": 4, "maxRestarts": 5}))
+    sft.running_pods(name, 1, 1)
+    sft.wait_phase(name, "Running")
+    live_until = time.monotonic() + 10
+    while time.monotonic() < live_until:
+        sft.report_progress(name, {"progress": {"phase": "downloading", "heartbeatTime": _now()}})
+        time.sleep(1)
+    st = sft.status(name)
+    assert st["phase"] == "Running" and cond(st, "Stalled").get("status") != "True", st
+    silent = time.monotonic()
+    st = sft.wait(name, lambda s: cond(s, "Stalled").get("status") == "True", 20, "Stalled after the heartbeat stops")
+    assert "in phase downloading" in cond(st, "Stalled")["message"] and "no heartbeat" in cond(st, "Stalled")["message"]
+    assert time.monotonic() - silent < 10
