@@ -4,7 +4,8 @@ checks run in one CPU-only pod; a data or template error fails the SFTJob withou
 - It runs once per SFTJob: `status.preflight` records the spec hash (and generation) it passed for,
   and later attempts skip it while the hash is the same. A changed spec checks again.
 - The hash covers what the checks read: everything in the spec except the fields that only steer
-  the lifecycle (suspend, deadline, TTL, failure policy) or the gang's shape (nodes, GPUs, placement).
+  the lifecycle (suspend, deadline, TTL, failure policy), the experiment tracker, or the gang's shape
+  (nodes, GPUs, placement).
   The trainer image is part of it: a new image may fix a template.
 - `spec.preflight.enabled: false` skips it (for example when the data is only readable from GPU nodes).
 """
@@ -22,8 +23,8 @@ from .restart_policy import Failure, pod_failure
 
 __all__ = ["enabled", "spec_hash", "passed_for", "Outcome", "judge"]
 
-# Spec fields that do not change what the preflight checks.
-_LIFECYCLE_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "failurePolicy")
+# Spec fields that do not change what the preflight checks: the lifecycle, and where metrics go.
+_LIFECYCLE_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "failurePolicy", "tracking")
 
 
 def enabled(spec: Mapping) -> bool:
