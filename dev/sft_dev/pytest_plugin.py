@@ -1,5 +1,5 @@
 """Pytest fixtures for tests against real servers on 127.0.0.1: the dev cluster (kube-apiserver,
-etcd, controller-manager, scheduler, kwok), SeaweedFS S3 and Prometheus.
+etcd, controller-manager, scheduler, kwok), SeaweedFS S3, MLflow and Prometheus.
 
 Loaded from tests/conftest.py with ``pytest_plugins = ["sft_dev.pytest_plugin"]``.
 
@@ -288,6 +288,25 @@ def s3_bucket(s3, request):
         c.delete_bucket(Bucket=name)
     except Exception:  # the server may already be gone at session end; the bucket dies with it
         pass
+
+
+# -- MLflow ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """MlflowInfo of a real MLflow tracking server on 127.0.0.1 (SQLite backend; .url, .api()), from
+    its own cached tool venv; every process it started is ended at session end."""
+    from sft_dev.tracking_servers import TrackingToolError, start_mlflow, stop_mlflow
+
+    try:
+        info = start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    except TrackingToolError as e:
+        _fail("the MLflow server did not start", e)
+    try:
+        yield info
+    finally:
+        stop_mlflow(info)
 
 
 # -- Prometheus ------------------------------------------------------------------------------

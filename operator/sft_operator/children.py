@@ -251,6 +251,14 @@ def _pod_security(settings: OperatorSettings) -> dict:
     }
 
 
+def _env_from(spec: Mapping) -> list[dict]:
+    """The Secrets in the trainer's environment: storage credentials, the experiment tracker's
+    (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN)."""
+    names = ((spec.get("storage") or {}).get("secretRef"),
+             ((spec.get("tracking") or {}).get("mlflow") or {}).get("secretRef"))
+    return [{"secretRef": {"name": n}} for n in names if n]
+
+
 def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, settings: OperatorSettings, owners: list[dict]) -> dict:
     workers = spec.get("workers") or {}
     nodes = int(workers.get("nodes") or 1)
@@ -281,8 +289,8 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if storage.get("secretRef"):
-        container["envFrom"] = [{"secretRef": {"name": storage["secretRef"]}}]
+    if env_from := _env_from(spec):
+        container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "subdomain": svc,

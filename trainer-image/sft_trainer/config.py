@@ -81,6 +81,7 @@ class ResolvedConfig:
     checkpoints_uri: str | None = None
     output_uri: str | None = None
     max_train_seconds: float | None = None  # wall-clock guard (sftctl run --time-budget)
+    job_uid: str | None = None  # metadata.uid (or SFT_JOB_UID); None under sftctl run
     warnings: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ construction
@@ -118,6 +119,8 @@ class ResolvedConfig:
             checkpoints_uri=spec.checkpoints.uri,
             output_uri=spec.output.uri if spec.output else None,
             max_train_seconds=max_train_seconds,
+            job_uid=getattr(job.metadata, "uid", None) or (getattr(job.metadata, "model_extra", None) or {}).get("uid")
+            or (env or {}).get("SFT_JOB_UID") or None,
         )
         cfg.validate()
         return cfg
@@ -263,6 +266,38 @@ class ResolvedConfig:
     def needs_base_scores(self) -> bool:
         """Whether the base model must be scored before training: a gate compares against it."""
         return bool(self.regression_sets) or self.golden_max_regression_vs_base is not None
+
+    @property
+    def tracking(self) -> Any:
+        """``spec.tracking`` (MLflow, TensorBoard), or None."""
+        return getattr(self.spec, "tracking", None)
+
+    @property
+    def tracking_params(self) -> dict[str, Any]:
+        """The training-relevant spec fields, flat, as an experiment tracker's params."""
+        from sft_api.models import LoraSpec
+
+        t, m = self.spec.training, self.spec.method
+        params: dict[str, Any] = {
+            "method": self.method, "objective": self.objective, "model_uri": self.spec.model.uri,
+            "model_revision": self.spec.model.revision, "datasets": [d.uri for d in self.spec.datasets],
+            "learning_rate": t.learning_rate, "lr_scheduler": _val(t.lr_scheduler), "warmup_ratio": t.warmup_ratio,
+            "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm, "epochs": t.epochs,
+            "max_steps": t.max_steps, "per_device_batch_size": t.per_device_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps, "max_seq_length": t.max_seq_length,
+            "packing": t.packing, "loss_on": self.loss_on, "precision": self.precision, "seed": t.seed,
+            "gradient_checkpointing": t.gradient_checkpointing, "neftune_noise_alpha": t.neftune_noise_alpha,
+            "deepspeed_stage": t.deepspeed.zero_stage if t.deepspeed is not None else None,
+            "deepspeed_offload": _val(t.deepspeed.offload) if t.deepspeed is not None else None,
+            "nodes": self.nodes, "gpus_per_node": self.spec.workers.gpus_per_node,
+            "split_seed": self.spec.split.seed, "split_validation": self.spec.split.validation,
+            "split_test": self.spec.split.test,
+        }
+        if self.method != "full":
+            lora = m.lora or LoraSpec()
+            params.update(lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules))
+        return {k: v for k, v in params.items() if v is not None}
 
     @property
     def merge_adapters(self) -> bool:

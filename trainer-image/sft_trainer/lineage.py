@@ -276,14 +276,3 @@ def write_beside_model(cfg: ResolvedConfig, result: Any) -> None:
     uri = _join(result.output_uri, LINEAGE_FILE)
     _put(uri, (cfg.workdir / LINEAGE_FILE).read_text(), cfg.storage)
     result.lineage = {**(result.lineage or {}), "modelUri": uri}
-
-
-def report_lineage(callbacks: list[Any], result: Any) -> None:
-    """``status.lineage`` through the run's progress reporter (the one the callbacks share)."""
-    if not result.lineage:
-        return
-    for cb in callbacks:
-        reporter = getattr(cb, "reporter", None)
-        if reporter is not None:
-            reporter.report({"lineage": {"uri": result.lineage["uri"], "digest": result.lineage["digest"]}})
-            return

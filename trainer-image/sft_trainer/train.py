@@ -59,6 +59,7 @@ class TrainResult:
     loss_curve: str | None = None
     preflight: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] | None = None  # lineage.json: {"uri", "digest", "modelUri"}
+    tracking: dict[str, Any] | None = None  # status.tracking: the MLflow run's link, TensorBoard's URI, health
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,7 +310,7 @@ def train(
     from .evaluation import final_evaluation
     from .export import export_model, write_loss_curve
     from .gates import evaluation_gates, score_base, score_final
-    from .lineage import report_lineage, write_beside_model, write_lineage
+    from .run_records import record_inputs, record_outcome
     from .methods import get_method
     from .modeling import load_model
     from .phases import start_reporting
@@ -334,16 +335,15 @@ def train(
     # Resume from the latest committed checkpoint, if any.
     store, resume_dir = resume_point(cfg, result, rank=rank, phase=phase, job=job, env=env)
     model = load_model(cfg, inputs.location, inputs.tokenizer)
-    # What trains this model (lineage.json beside the checkpoints): data, base model and spec hashes.
-    write_lineage(cfg, inputs, model, result, rank=rank)
+    # What trains this model (lineage.json beside the checkpoints), and the trackers (spec.tracking).
+    tracker = record_inputs(cfg, inputs, model, result, reporter, rank=rank)
     # Overfit a few examples from the base weights, then restore them: fail fast on a run that cannot learn.
     sanity_check(cfg, method, inputs, model, result, rank=rank, phase=phase, resume_dir=resume_dir, reporter=reporter)
     # The base model's figures: golden and regression sets (for the deltas), the before/after table.
     scored = score_base(cfg, model, inputs, result, rank=rank, phase=phase, measure=measure_before and not resume_dir)
     trainer, callbacks, counting = build_trainer(
         cfg, method, inputs, model, store=store, reporter=reporter, metrics_port=metrics_port,
-        serve_metrics=serve_metrics, extra_callbacks=extra_callbacks, result=result)
-    report_lineage(callbacks, result)
+        serve_metrics=serve_metrics, extra_callbacks=tracker.callbacks + list(extra_callbacks or []), result=result)
     try:
         phase("training")
         if not run_training(trainer, callbacks, counting, resume_dir, result):
@@ -355,10 +355,10 @@ def train(
         if cfg.output_uri:
             phase(f"exporting the model to {cfg.output_uri}")
             result.output_uri = export_model(trainer, inputs.tokenizer, cfg)
-            write_beside_model(cfg, result)
         if rank == 0:
             result.loss_curve = write_loss_curve(cfg, trainer.state.log_history)
             report_evaluation(callbacks, result)
+            record_outcome(cfg, tracker, result)  # lineage.json beside the model; the trackers' final figures
             (cfg.workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
         barrier()
         # The evaluation gates decide the exit code: minPassRate(ByTask), maxDrop, maxRegressionVsBase.
