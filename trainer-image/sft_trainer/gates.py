@@ -15,6 +15,7 @@ or on every rank under ZeRO-3 where it is collective.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -53,7 +54,10 @@ def load_scored_sets(cfg: Any, inputs: Any) -> list[ScoredSet]:
 
 
 def _score(model: Any, tokenizer: Any, s: ScoredSet, *, synced_gpus: bool) -> dict[str, Any]:
-    return score_golden(model, tokenizer, s.items, max_new_tokens=s.max_new_tokens, synced_gpus=synced_gpus).to_dict()
+    t0 = time.monotonic()
+    out = score_golden(model, tokenizer, s.items, max_new_tokens=s.max_new_tokens, synced_gpus=synced_gpus).to_dict()
+    out["seconds"] = round(time.monotonic() - t0, 3)
+    return out
 
 
 def score_base(cfg: Any, model: Any, inputs: Any, result: Any, *, rank: int, phase: Callable[[str], None],
@@ -73,7 +77,7 @@ def score_base(cfg: Any, model: Any, inputs: Any, result: Any, *, rank: int, pha
         if s.name == GOLDEN:
             result.golden_before = scores  # the table's "before" column too
         result.scored_sets[s.name] = {"total": len(s.items), "base": scores["pass_rate"], "base_by_task": scores["by_task"],
-                                      "max_regression_vs_base": s.max_regression}
+                                      "max_regression_vs_base": s.max_regression, "base_seconds": scores["seconds"]}
     if measure:
         phase("measuring the untrained model")
         measure_untrained(cfg, model, inputs, result)
@@ -96,6 +100,8 @@ def score_final(cfg: Any, trainer: Any, inputs: Any, sets: list[ScoredSet], resu
             continue
         row = result.scored_sets.setdefault(s.name, {"total": len(s.items), "max_regression_vs_base": s.max_regression})
         row.update(final=scores["pass_rate"], final_by_task=scores["by_task"])
+        if "seconds" in scores:  # the golden set's final score is final_evaluation's
+            row["final_seconds"] = scores["seconds"]
         if row.get("base") is not None:
             row["delta"] = scores["pass_rate"] - row["base"]
         if s.name == GOLDEN:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 from transformers import TrainerCallback
@@ -88,16 +89,18 @@ class GoldenCheckpointCallback(TrainerCallback):
         return control
 
     def _score(self, state: Any, model: Any) -> dict[str, Any]:
+        t0 = time.monotonic()
         g = score_golden(model, self.tokenizer, self.items, max_new_tokens=self.max_new_tokens,
                          synced_gpus=self.zero3)
-        entry = {"step": state.global_step, "pass_rate": g.pass_rate, "by_task": g.by_task}
+        entry = {"step": state.global_step, "pass_rate": g.pass_rate, "by_task": g.by_task,
+                 "seconds": round(time.monotonic() - t0, 3)}
         if not state.is_world_process_zero:
             return entry
         state.log_history.append({"step": state.global_step, RATE_KEY: g.pass_rate,
                                   **{f"golden_{t}_pass_rate": r for t, r in g.by_task.items()}})
         self.result.golden_checkpoints.append(entry)
-        log.info("golden set at checkpoint %d: %s (%s)", state.global_step, _pct(g.pass_rate),
-                 ", ".join(f"{t} {_pct(r)}" for t, r in g.by_task.items()))
+        log.info("golden set at checkpoint %d: %s (%s) in %.1fs", state.global_step, _pct(g.pass_rate),
+                 ", ".join(f"{t} {_pct(r)}" for t, r in g.by_task.items()), entry["seconds"])
         if self.metrics is not None:
             self.metrics.set_golden(g.pass_rate, g.by_task)
         if self.reporter is not None:

@@ -38,19 +38,32 @@ def _apply_overrides(job: Any, overrides: dict[str, Any]) -> None:
         job.spec.checkpoints.uri = overrides["checkpoints_uri"]
 
 
+def _points(before: float | None, after: float | None) -> str:
+    return "-" if before is None or after is None else f"{100 * (after - before):+.1f}"
+
+
 def summary_table(result: Any):
+    """Before (the base model) → after training, with the delta in points: held-out exact match per
+    task_type, the golden set per task_type and overall, and each regression set."""
     from rich.table import Table
 
-    table = Table(title="held-out exact match (test split) and golden set, before → after training")
-    table.add_column("task_type")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
+    table = Table(title="held-out exact match (test split), golden and regression sets: base model → after training")
+    for name, justify in (("task_type", "left"), ("before", "right"), ("after", "right"), ("delta", "right")):
+        table.add_column(name, justify=justify)
     before, after = result.exact_match_before or {}, result.exact_match_after or {}
     for task in sorted(set(before) | set(after), key=lambda t: (t == "overall", t)):
-        table.add_row(task, _pct(before.get(task)), _pct(after.get(task)))
+        table.add_row(task, _pct(before.get(task)), _pct(after.get(task)), _points(before.get(task), after.get(task)))
     if result.golden_after is not None:
-        gb = (result.golden_before or {}).get("pass_rate")
-        table.add_row("[bold]golden set pass rate", _pct(gb), _pct(result.golden_after["pass_rate"]))
+        golden_before = result.golden_before or {}
+        for task, rate in result.golden_after.get("by_task", {}).items():
+            b = golden_before.get("by_task", {}).get(task)
+            table.add_row(f"golden: {task}", _pct(b), _pct(rate), _points(b, rate))
+        gb, ga = golden_before.get("pass_rate"), result.golden_after["pass_rate"]
+        table.add_row("[bold]golden set pass rate", _pct(gb), _pct(ga), _points(gb, ga))
+    for name, row in (result.scored_sets or {}).items():
+        if name != "golden":
+            table.add_row(f"[bold]regression set {name}", _pct(row.get("base")), _pct(row.get("final")),
+                          _points(row.get("base"), row.get("final")))
     return table
 
 

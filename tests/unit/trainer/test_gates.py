@@ -84,3 +84,27 @@ def test_the_loss_curve_draws_the_golden_pass_rate(tmp_path):
     with_golden = write_loss_curve(iter(history), str(tmp_path / "golden.png"))  # any iterable
     assert (tmp_path / "golden.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
     assert plain and with_golden
+
+
+def test_the_evaluation_status_fits_the_status_schema():
+    """What the trainer reports is what the CRD keeps (EvaluationStatus forbids unknown fields)."""
+    from sft_api.models import EvaluationStatus
+    from sft_trainer.reporting import evaluation_status
+    from sft_trainer.sanity import judge
+
+    result = TrainResult(test_loss=1.5)
+    result.golden_after = {"pass_rate": 0.5, "by_task": {"upper": 1.0, "reverse": 0.0}}
+    result.golden_checkpoints = [{"step": 5, "pass_rate": 1.0, "by_task": {"upper": 1.0}, "seconds": 0.2}]
+    result.golden_stop = {"step": 10, "best_step": 5, "best_pass_rate": 1.0, "pass_rate": 0.0,
+                          "on_regression": "fail", "message": "fell"}
+    result.scored_sets = {"golden": {"total": 2, "base": 0.0, "base_by_task": {"upper": 0.0}, "final": 0.5,
+                                     "final_by_task": {"upper": 1.0}, "delta": 0.5, "max_regression_vs_base": None,
+                                     "base_seconds": 0.1},
+                          "safety": {"total": 3, "base": 1.0, "final": 0.0, "delta": -1.0}}
+    status = evaluation_status(result)
+    parsed = EvaluationStatus.model_validate(status)
+    assert parsed.sets["safety"].delta == -1.0 and parsed.sets["golden"].base_by_task == {"upper": 0.0}
+    assert parsed.golden_checkpoints[0].pass_rate == 1.0 and parsed.best_golden_step == 5
+    assert parsed.golden_set_by_task == {"upper": 1.0, "reverse": 0.0}
+    sanity = judge([2.0, 1.0, float("nan")], factor=0.7, steps=3, examples=4, trained_tokens=10).status()
+    assert EvaluationStatus.model_validate({"sanityCheck": sanity}).sanity_check.passed is False
