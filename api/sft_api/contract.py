@@ -33,6 +33,7 @@ LABEL_COMPONENT = f"{GROUP}/component"  # "preflight" on the preflight Job and p
 LABEL_SPEC_HASH = f"{GROUP}/spec-hash"  # the spec hash the preflight checks
 PREFLIGHT_COMPONENT = "preflight"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"  # a Kueue WorkloadPriorityClass
 FINALIZER = f"{GROUP}/operator"
 TIME_BUDGET_ANNOTATION = f"{GROUP}/max-train-seconds"
 

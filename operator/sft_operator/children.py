@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 from sft_api.contract import (GROUP, KIND, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB, LABEL_SPEC_HASH, PLURAL,
-                              PREFLIGHT_COMPONENT, QUEUE_LABEL, VERSION)
+                              PREFLIGHT_COMPONENT, PRIORITY_CLASS_LABEL, QUEUE_LABEL, VERSION)
 
 from .conditions import NON_RETRYABLE_EXIT_CODES
 from .rbac import trainer_rules
@@ -259,6 +259,15 @@ def _env_from(spec: Mapping) -> list[dict]:
     return [{"secretRef": {"name": n}} for n in names if n]
 
 
+def kueue_labels(body: Mapping, settings: OperatorSettings) -> dict[str, str]:
+    """Kueue's labels for the child Job: the SFTJob's queue (or the operator's default queue) and its
+    WorkloadPriorityClass."""
+    meta = (body.get("metadata") or {}).get("labels") or {}
+    out = {QUEUE_LABEL: meta.get(QUEUE_LABEL) or settings.default_queue_name,
+           PRIORITY_CLASS_LABEL: meta.get(PRIORITY_CLASS_LABEL)}
+    return {k: v for k, v in out.items() if v}
+
+
 def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, settings: OperatorSettings, owners: list[dict]) -> dict:
     workers = spec.get("workers") or {}
     nodes = int(workers.get("nodes") or 1)
@@ -266,9 +275,8 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
     svc = service_name(name, attempt)
     lbls = labels(name, attempt)
     job_labels = dict(lbls)
-    queue = ((body.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL)
-    if queue:
-        job_labels[QUEUE_LABEL] = queue
+    job_labels.update(kueue_labels(body, settings))
+    queue = job_labels.get(QUEUE_LABEL)
     storage = spec.get("storage") or {}
     container: dict[str, Any] = {
         "name": CONTAINER,

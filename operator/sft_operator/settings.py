@@ -74,6 +74,8 @@ class OperatorSettings:
     retry_max_seconds: float = 300.0
     # -- seconds each non-training trainer phase may last, overriding the stall policy's defaults
     phase_timeouts: dict = field(default_factory=dict)
+    # -- Kueue LocalQueue for SFTJobs without a kueue.x-k8s.io/queue-name label (unset: those are not queued)
+    default_queue_name: str | None = None
 
     @classmethod
     def from_env(cls) -> "OperatorSettings":
@@ -99,6 +101,7 @@ class OperatorSettings:
             retry_base_seconds=_env("SFT_RETRY_BASE_SECONDS", d.retry_base_seconds, float),
             retry_max_seconds=_env("SFT_RETRY_MAX_SECONDS", d.retry_max_seconds, float),
             phase_timeouts=_env("SFT_PHASE_TIMEOUTS", {}, _json_dict),
+            default_queue_name=_env("SFT_DEFAULT_QUEUE_NAME", None) or None,
         )
 
     def describe(self) -> dict:

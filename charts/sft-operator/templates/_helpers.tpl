@@ -89,6 +89,10 @@ sft_operator.settings.OperatorSettings.from_env.
 - name: SFT_STORAGE_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.trainer.defaultQueueName }}
+- name: SFT_DEFAULT_QUEUE_NAME
+  value: {{ . | quote }}
+{{- end }}
 - name: SFT_TRAINER_METRICS_PORT
   value: {{ .Values.trainer.metricsPort | quote }}
 - name: SFT_TERMINATION_GRACE_SECONDS
