@@ -43,6 +43,7 @@ def _spec_uses_s3(spec: Node) -> bool:
     uris = [_get(spec, "model.uri", "")]
     uris += [d.get("uri", "") for d in spec.get("datasets") or [] if isinstance(d, dict)]
     uris += [_get(spec, "eval.goldenSet.uri", ""), _get(spec, "checkpoints.uri", ""), _get(spec, "output.uri", "")]
+    uris += [r.get("uri", "") for r in _get(spec, "eval.regressionSets", []) or [] if isinstance(r, dict)]
     return any(isinstance(u, str) and u.startswith(S3) for u in uris)
 
 
@@ -55,6 +56,7 @@ _S3_CEL = (
     "self.model.uri.startsWith('s3://')"
     " || self.datasets.exists(d, d.uri.startsWith('s3://'))"
     " || (has(self.eval) && has(self.eval.goldenSet) && self.eval.goldenSet.uri.startsWith('s3://'))"
+    " || (has(self.eval) && has(self.eval.regressionSets) && self.eval.regressionSets.exists(r, r.uri.startsWith('s3://')))"
     " || (has(self.checkpoints) && has(self.checkpoints.uri) && self.checkpoints.uri.startsWith('s3://'))"
     " || (has(self.output) && has(self.output.uri) && self.output.uri.startsWith('s3://'))"
 )
