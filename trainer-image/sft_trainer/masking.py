@@ -8,9 +8,12 @@ template by ``analyze_template``:
 - ``incremental``: the template is prefix-preserving. Assistant turn *k* is the text that
   ``render(messages[:k+1])`` adds after ``render(messages[:k], add_generation_prompt=True)``.
 - ``per-turn``: the template re-renders earlier turns differently (drops reasoning, moves the
-  system prompt, ends the final turn with another token). Each assistant turn's content is
-  located in the full render by rendering it once with the content replaced by a sentinel:
-  everything before and after the sentinel must be the full render's own head and tail.
+  system prompt, ends the final turn with another token). Each assistant turn is located in the
+  full render itself: it starts where ``render(messages[:k], add_generation_prompt=True)`` ends
+  when that is a prefix of the full render (else where a sentinel put before the content lands),
+  and its content ends where a sentinel put after the content lands; a template that keeps or
+  drops ``<think>`` reasoning inside the content keeps both places. As a last resort the content
+  is replaced by the sentinel, and everything around it must be the full render's head and tail.
 
 The ranges map to tokens through the fast tokenizer's offsets (the text is tokenized exactly as
 ``apply_chat_template`` does, without added special tokens). Each turn then ends on its
@@ -149,17 +152,49 @@ def _incremental_spans(rend: Renderer, messages: list[dict[str, str]], text: str
     return spans
 
 
+def _sentinel_split(rend: Renderer, messages: list[dict[str, str]], k: int, content: str) -> tuple[str, str] | None:
+    """The render with ``messages[k]`` holding ``content``, split around the sentinel in it."""
+    probe = [dict(m) for m in messages]
+    probe[k]["content"] = content
+    marked = rend(probe)
+    if marked.count(SENTINEL) != 1:
+        return None
+    at = marked.find(SENTINEL)
+    return marked[:at], marked[at + len(SENTINEL):]
+
+
+def _turn_bounds(rend: Renderer, messages: list[dict[str, str]], text: str, k: int) -> tuple[int, int] | None:
+    """Where assistant turn k starts (after its generation prompt) and where its content ends.
+
+    The start is the prompt render's end when that is a prefix of the full render, else where a
+    sentinel put before the content lands; the end is where a sentinel put after it lands. A template
+    that keeps or drops reasoning inside the content (``<think>…</think>``) keeps both sentinels' places.
+    """
+    head = rend(messages[:k], gen_prompt=True) if k else ""
+    start = len(head) if text.startswith(head) else None
+    if start is None:
+        cut = _sentinel_split(rend, messages, k, SENTINEL + messages[k]["content"])
+        start = len(cut[0]) if cut and text.startswith(cut[0]) else None
+    cut = _sentinel_split(rend, messages, k, messages[k]["content"] + SENTINEL)
+    end = len(text) - len(cut[1]) if cut and text.endswith(cut[1]) else None
+    if start is None or end is None or start > end:
+        return None
+    return start, end
+
+
 def _per_turn_spans(rend: Renderer, messages: list[dict[str, str]], text: str,
                     turns: list[int]) -> list[tuple[int, int]]:
     spans = []
     for k in turns:
-        probe = [dict(m) for m in messages]
-        probe[k]["content"] = SENTINEL
-        marked = rend(probe)
-        at = marked.find(SENTINEL)
-        if at < 0 or marked.count(SENTINEL) != 1:
+        bounds = _turn_bounds(rend, messages, text, k)
+        if bounds is not None:
+            spans.append(bounds)
+            continue
+        # last resort: the content replaced by the sentinel, everything around it unchanged
+        cut = _sentinel_split(rend, messages, k, SENTINEL)
+        if cut is None:
             raise MaskingError(f"the chat template does not render assistant turn {k} (messages[{k}]) once")
-        before, after = marked[:at], marked[at + len(SENTINEL):]
+        before, after = cut
         if not (text.startswith(before) and text.endswith(after) and len(before) + len(after) <= len(text)):
             raise MaskingError(
                 f"the chat template renders the text around assistant turn {k} (messages[{k}]) differently "

@@ -18,18 +18,20 @@ from sft_trainer import masking
 from sft_trainer.exit_codes import ConfigError
 
 # name: (where, family, strategy, end-of-turn after a turn, after the final turn, lead, system ok)
-# ``lead`` is what the turn adds after the generation prompt before its content (Qwen3-8's
-# generation prompt opens <think>, so the turn starts by closing it).
+# ``lead`` is what the turn adds after the generation prompt before its content, one string or
+# (earlier turns, final turn): Qwen3-8's generation prompt opens <think>, so its turns start by
+# closing it; Qwen3 renders an empty think block into the final turn only; gpt-oss's turns start
+# with the channel header; Mistral v0.3's with a space, unless the system prompt moved the render.
 TEMPLATES = {
     "llama3": ("trl", "llama3", "incremental", "<|eot_id|>", None, "", True),
     "llama3_1": ("trl", "llama3", "incremental", "<|eot_id|>", None, "", True),
     "llama3_2": ("trl", "llama3", "incremental", "<|eot_id|>", None, "", True),
     "qwen2_5": ("trl", "qwen", "incremental", "<|im_end|>", None, "", True),
-    "qwen3": ("trl", "qwen", "per-turn", "<|im_end|>", None, "", True),
+    "qwen3": ("trl", "qwen", "per-turn", "<|im_end|>", None, ("", "<think>\n\n</think>\n\n"), True),
     "qwen3_instruct_2507": ("trl", "qwen", "incremental", "<|im_end|>", None, "", True),
     "qwen3_5_nothink": ("trl", "qwen", "per-turn", "<|im_end|>", None, "", True),
-    "qwen3_5_think": ("trl", "qwen", "per-turn", "<|im_end|>", None, "", True),
-    "qwen3_6": ("trl", "qwen", "per-turn", "<|im_end|>", None, "", True),
+    "qwen3_5_think": ("trl", "qwen", "per-turn", "<|im_end|>", None, ("", "\n</think>\n\n"), True),
+    "qwen3_6": ("trl", "qwen", "per-turn", "<|im_end|>", None, ("", "\n</think>\n\n"), True),
     "qwen3_8": ("trl", "qwen", "incremental", "<|im_end|>", None, "\n</think>\n\n", True),
     "gemma": ("trl", "gemma", "incremental", "<end_of_turn>", None, "", False),
     "gemma3": ("trl", "gemma3", "incremental", "<end_of_turn>", None, "", True),
@@ -38,7 +40,7 @@ TEMPLATES = {
     "phi3_5": ("trl", "phi3", "per-turn", "<|end|>", None, "", True),
     "deepseekv3": ("trl", "deepseek", "per-turn", "<｜end▁of▁sentence｜>", None, "", True),
     "deepseek_r1_distill": ("trl", "deepseek", "per-turn", "<｜end▁of▁sentence｜>", None, "", True),
-    "gptoss": ("trl", "gptoss", "per-turn", "<|end|>", "<|return|>", "", True),
+    "gptoss": ("trl", "gptoss", "per-turn", "<|end|>", "<|return|>", "<|channel|>final<|message|>", True),
     "cohere": ("trl", "cohere", "incremental", "<|END_OF_TURN_TOKEN|>", None, "", True),
     "cohere2": ("trl", "cohere", "incremental", "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", None, "", True),
     "lfm2": ("trl", "chatml", "incremental", "<|im_end|>", None, "", True),
@@ -46,7 +48,7 @@ TEMPLATES = {
     "llama3_training": ("trl", "llama3", "markers", "<|eot_id|>", None, "", True),
     "gemma3_training": ("trl", "gemma3", "markers", "<end_of_turn>", None, "", True),
     "qwen3_training": ("trl", "qwen", "markers", "<|im_end|>", None, "<think>\n\n</think>\n\n", True),
-    "mistral_v0_3": ("local", "mistral", "per-turn", "</s>", None, "", True),
+    "mistral_v0_3": ("local", "mistral", "per-turn", "</s>", None, "mistral", True),
     "mixtral": ("local", "mistral", "incremental", "</s>", None, "", False),
     "chatml": ("local", "chatml", "incremental", "<|im_end|>", None, "", True),
     "zephyr": ("local", "zephyr", "incremental", "</s>", None, "", True),
@@ -69,7 +71,13 @@ def tokenizer(name: str):
     return tt.build(template, family)
 
 
-def expected_mask(tok, text: str, messages, eot: str, eot_final: str | None, lead: str) -> list[int]:
+def lead_of(lead, messages, final: bool) -> str:
+    if lead == "mistral":
+        return "" if messages[0]["role"] == "system" else " "
+    return lead if isinstance(lead, str) else lead[final]
+
+
+def expected_mask(tok, text: str, messages, eot: str, eot_final: str | None, lead) -> list[int]:
     """Independent of masking.py: content located by str.find, end-of-turn string right after it."""
     marked = [False] * len(text)
     pos = 0
@@ -84,9 +92,10 @@ def expected_mask(tok, text: str, messages, eot: str, eot_final: str | None, lea
         if m["role"] != "assistant":
             continue
         suffix = eot_final if (i == last and eot_final) else eot
-        assert text[at - len(lead):at] == lead, text
+        head = lead_of(lead, messages, i == last)
+        assert text[at - len(head):at] == head, text
         assert text[pos:pos + len(suffix)] == suffix, (text[pos:pos + 30], suffix)
-        for c in range(at - len(lead), pos + len(suffix)):
+        for c in range(at - len(head), pos + len(suffix)):
             marked[c] = True
     offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     return [int(any(marked[s:e])) for s, e in offsets]
@@ -136,7 +145,7 @@ def test_the_system_prompt_mistral_v0_3_drops_is_reported_by_preflight():
     tok, verdict, enc = encode("mistral_v0_3", SYSTEM)
     assert "Answer briefly." not in enc.text
     assert not verdict.prefix_preserving and verdict.strategy == "per-turn"
-    assert masking.trained_segments(tok, enc) == [" It is 4.</s>"[1:], "Six, of course.</s>"]
+    assert masking.trained_segments(tok, enc) == ["It is 4.</s>", "Six, of course.</s>"]
 
 
 def test_lossOn_completion_trains_only_the_last_assistant_turn():
@@ -205,4 +214,25 @@ def test_subword_tokens_that_straddle_a_span_boundary_are_trained_when_they_over
     enc = masking.encode(tok, SYSTEM, "assistant", verdict, masking.TokenInfo(tok, verdict.end_of_turn))
     assert any(len(tok.decode([t]).strip()) > 2 for t in enc.input_ids)  # real multi-character tokens
     assert enc.mask == expected_mask(tok, enc.text, SYSTEM, eot, eot_final, lead)
-    assert [s.strip() for s in masking.trained_segments(tok, enc)] == [f"It is 4.{eot}", f"Six, of course.{eot}"]
+    final = lead_of(lead, SYSTEM, True).lstrip()
+    assert [s.strip() for s in masking.trained_segments(tok, enc)] == [f"It is 4.{eot}", f"{final}Six, of course.{eot}"]
+
+
+REASONING = [{"role": "user", "content": "What is 2+2?"},
+             {"role": "assistant", "content": "<think>2 and 2 make 4.</think>It is 4."},
+             {"role": "user", "content": "And 3+3?"},
+             {"role": "assistant", "content": "<think>3 and 3 make 6.</think>Six."}]
+
+
+@pytest.mark.parametrize("name,final", [
+    # Qwen3 keeps the reasoning of turns after the last user message only: it trains there
+    ("qwen3", "<think>\n3 and 3 make 6.\n</think>\n\nSix.<|im_end|>"),
+    # DeepSeek-R1-Distill drops every turn's reasoning; its generation prompt opens <think>
+    ("deepseek_r1_distill", "Six.<｜end▁of▁sentence｜>"),
+])
+def test_templates_that_drop_earlier_reasoning_train_what_they_render(name, final):
+    tok, verdict, enc = encode(name, REASONING)
+    assert verdict.strategy == "per-turn" and not verdict.prefix_preserving
+    assert "2 and 2 make 4." not in enc.text  # the earlier turn's reasoning is not rendered
+    eot = TEMPLATES[name][3]
+    assert masking.trained_segments(tok, enc) == [f"It is 4.{eot}", final]

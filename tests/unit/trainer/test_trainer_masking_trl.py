@@ -59,7 +59,9 @@ def test_truncation_inside_an_assistant_turn_keeps_the_trained_prefix(tmp_path, 
 def test_packed_rows_keep_every_span_exactly(tmp_path, name):
     from sft_trainer.packing import pack_mixed
 
-    convs = [SINGLE, MULTI, SYSTEM if TEMPLATES[name][6] else MULTI]
+    # three different renders (Mistral v0.3 drops a system prompt: SYSTEM would render as MULTI)
+    system = [SYSTEM[0], {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    convs = [SINGLE, MULTI, system if TEMPLATES[name][6] else system[1:]]
     want = {tuple(expected(name, c)[0]): expected(name, c)[1] for c in convs}
     # TRL's BFD packing (evaluation sets) through the padding-free collator
     trainer = prepared(tmp_path, name, convs, max_len=1024, packing=True)

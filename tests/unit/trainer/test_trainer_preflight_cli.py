@@ -18,12 +18,13 @@ import yaml
 from sft_trainer.preflight_cli import preflight_job
 
 REPO = Path(__file__).resolve().parents[3]
-# example -> (template, family, masking strategy, end-of-turn)
+# example -> (template, family, masking strategy, end-of-turn, what a turn starts with before its content)
 EXAMPLES = {
-    "lora-llama3-8b-2x8-zero2.yaml": ("llama3_1", "llama3", "incremental", "<|eot_id|>"),
-    "qlora-mistral-7b-1gpu.yaml": ("mistral_v0_3", "mistral", "per-turn", "</s>"),
-    "full-qwen-7b-zero3.yaml": ("qwen2_5", "qwen", "incremental", "<|im_end|>"),
-    "kueue-queued-lora.yaml": ("llama3_2", "llama3", "incremental", "<|eot_id|>"),
+    "lora-llama3-8b-2x8-zero2.yaml": ("llama3_1", "llama3", "incremental", "<|eot_id|>", ""),
+    # Mistral's [/INST] is followed by a space that the model generates: it trains
+    "qlora-mistral-7b-1gpu.yaml": ("mistral_v0_3", "mistral", "per-turn", "</s>", " "),
+    "full-qwen-7b-zero3.yaml": ("qwen2_5", "qwen", "incremental", "<|im_end|>", ""),
+    "kueue-queued-lora.yaml": ("llama3_2", "llama3", "incremental", "<|eot_id|>", ""),
 }
 
 
@@ -56,14 +57,14 @@ def local_job(tmp_path: Path, example: str, bad_row: bool = False) -> Path:
     return path
 
 
-def expected_segments(messages: list[dict], loss_on: str, eot: str) -> list[str]:
-    turns = [m["content"].strip() + eot for m in messages if m["role"] == "assistant"]
+def expected_segments(messages: list[dict], loss_on: str, eot: str, lead: str) -> list[str]:
+    turns = [lead + m["content"].strip() + eot for m in messages if m["role"] == "assistant"]
     return turns[-1:] if loss_on == "completion" else turns
 
 
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_examples_naming_real_models_pass_preflight_with_their_real_template(tmp_path, example):
-    _, _, strategy, eot = EXAMPLES[example]
+    _, _, strategy, eot, lead = EXAMPLES[example]
     job = local_job(tmp_path, example)
     report, _, shown = preflight_job(job, examples=5, base_dir=tmp_path, workdir=tmp_path / "work")
     assert report.template_verdict["strategy"] == strategy
@@ -71,7 +72,7 @@ def test_examples_naming_real_models_pass_preflight_with_their_real_template(tmp
     loss_on = report.loss_on
     assert len(report.shown_examples) == 5
     for info in report.shown_examples:
-        assert info["trained_segments"] == expected_segments(info["messages"], loss_on, eot)
+        assert info["trained_segments"] == expected_segments(info["messages"], loss_on, eot, lead)
         assert info["source"].startswith(str(tmp_path / "d")) and ":" in info["source"]
 
 
