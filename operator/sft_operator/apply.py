@@ -170,8 +170,10 @@ class KubeApi:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict]:
+    def list(self, kind: str, namespace: str | None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        query += [("fieldSelector", field_selector)] if field_selector else []
         return list((self.request("GET", self.path(kind, namespace), query=query) or {}).get("items") or [])
 
     def apply(self, obj: dict) -> dict | None:

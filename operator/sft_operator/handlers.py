@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -131,6 +132,30 @@ def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes_idx) -> Observa
     return observation(jobs, pods, missing)
 
 
+def _with_pod_create_errors(api: KubeApi, body: Mapping, obs: Observation) -> Observation:
+    """Add the Job controller's latest FailedCreate message for the current attempt's Job (the gang's,
+    else the preflight's) when that Job has no pod: one list call, and only while pods are missing."""
+    attempt = int((body.get("status") or {}).get("attempt") or 0)
+    job, pods = obs.job(attempt), obs.pods_of(attempt)
+    if job is None:  # no gang yet: the preflight's Job and pod
+        job = next((j for j in obs.preflight_jobs if j.attempt == attempt and not j.deleting), None)
+        pods = [p for p in obs.preflight_pods if p.attempt == attempt]
+    if job is None or job.suspended or job.finished or pods:
+        return obs
+    meta = body.get("metadata") or {}
+    selector = f"involvedObject.kind=Job,involvedObject.name={job.name},reason=FailedCreate"
+    try:
+        events = api.list("Event", meta.get("namespace"), field_selector=selector)
+    except ApiError as exc:  # e.g. an older ClusterRole without `list events`: status just lacks the detail
+        log.warning(f"FailedCreate events of Job {job.name} not readable: {exc}")
+        return obs
+    if not events:
+        return obs
+    latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp") or "")
+    message = str(latest.get("message") or "").removeprefix("Error creating: ")
+    return replace(obs, pod_create_errors={job.name: message})
+
+
 # -- the one reconcile path -------------------------------------------------------------------------
 
 
@@ -145,7 +170,7 @@ def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, no
         if body is None:
             metrics.forget_job(key)
             return None
-        obs = _observation(key, jobs_idx, pods_idx, nodes_idx)
+        obs = _with_pod_create_errors(api, body, _observation(key, jobs_idx, pods_idx, nodes_idx))
         now = datetime.now(timezone.utc)
         result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
         try:

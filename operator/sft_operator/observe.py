@@ -111,6 +111,9 @@ class Observation:
     # The preflight Job and pod, apart: the gang logic (stale attempts, teardown) never sees them.
     preflight_jobs: tuple[JobObs, ...] = ()
     preflight_pods: tuple[PodObs, ...] = ()
+    # Job name -> the message of the Job controller's latest FailedCreate event: the apiserver refuses
+    # that Job's pods (a quota, PodSecurity, a webhook). Looked up only for a Job without pods.
+    pod_create_errors: Mapping[str, str] = field(default_factory=dict)
 
     def job(self, attempt: int) -> JobObs | None:
         for j in self.jobs:

@@ -27,8 +27,9 @@ OPERATOR_RULES: list[dict] = [
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "patch", "delete"]},
     # Node loss detection (kopf index of node names).
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
-    # An Event for every transition (core/v1, as kopf and kubectl describe use).
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # An Event for every transition (core/v1, as kopf and kubectl describe use); list: the Job
+    # controller's FailedCreate events of a Job whose pods the apiserver refuses (quota, PodSecurity).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
     # kopf: peering (HA), and its resource/namespace observers.
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},

@@ -333,6 +333,18 @@ def _children_exist(p: _Pass) -> None:
         p.cond(CondType.CHILD_CREATE_FAILED, False, Reason.CHILDREN_CREATED, f"the children of attempt {p.attempt} were created")
 
 
+def _pods_refused(p: _Pass, job, pods) -> None:
+    """The Job exists; when the apiserver refuses its pods (a GPU quota, PodSecurity, a webhook), the
+    Job controller retries by itself and only says so in an Event on the Job: say it in status too."""
+    refused = None if pods else p.obs.pod_create_errors.get(job.name)
+    if not refused:
+        _children_exist(p)
+        return
+    msg = f"attempt {p.attempt}: Job {job.name} cannot create its pods: {refused}"
+    if p.cond(CondType.CHILD_CREATE_FAILED, True, Reason.FAILED_CREATE, msg):
+        p.event("Warning", Reason.FAILED_CREATE, msg)
+
+
 _PREFLIGHT_REASONS = (str(Reason.PREFLIGHT_RUNNING), str(Reason.PREFLIGHT_PASSED))
 
 
@@ -341,7 +353,7 @@ def _ensure_attempt(p: _Pass) -> bool:
     attempt = p.attempt
     job = p.obs.job(attempt)
     if job is not None:
-        _children_exist(p)
+        _pods_refused(p, job, p.obs.pods_of(attempt))
         if not job.suspended and not p.st.get("startTime"):
             p.st["startTime"] = p.now_s  # a Job Kueue admitted starts the clock now
             p.wake(deadline.seconds_left(p.now_s, p.spec.get("activeDeadlineSeconds"), p.now))
@@ -378,8 +390,8 @@ def _ensure_preflight(p: _Pass) -> bool:
         if not old and _create(p, ch.render_preflight(p.body, attempt=attempt, spec_hash=digest, settings=p.settings)):
             _preflight_running(p, f"attempt {attempt}: preflight Job {ch.preflight_job_name(p.name, attempt)} created")
         return True
-    _children_exist(p)
     pods = [pd for pd in p.obs.preflight_pods if pd.attempt == attempt and pd.preflight_hash == digest]
+    _pods_refused(p, job, pods)
     outcome = preflight.judge(job, pods)
     if outcome.state == "running":
         _preflight_running(p, outcome.message)

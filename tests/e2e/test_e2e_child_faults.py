@@ -78,3 +78,30 @@ def test_deadline_fires_while_the_job_cannot_be_created(operator, sft):
     assert 4.5 <= took < 15, took  # counted from the first creation attempt, not from a Job that never came
     assert sft.jobs(name) == []
     print(f"\napply -> Failed/DeadlineExceeded (activeDeadlineSeconds=6, Job refused throughout): {took:.1f}s")
+
+
+def test_gpu_quota_refusing_the_pods_is_in_status(operator, sft, kwok_pods):
+    """The Job passes admission, its pods do not (requests.nvidia.com/gpu: 0): the Job controller says
+    so only in an Event on the Job; the SFTJob's status says it too. The preflight needs no GPU, so it
+    runs and passes under the same quota."""
+    name = "gpuquota"
+    sft.core.create_namespaced_resource_quota(sft.ns, {"metadata": {"name": "no-gpus"},
+                                                       "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}})
+    deadline = time.monotonic() + 30
+    while not (sft.core.read_namespaced_resource_quota("no-gpus", sft.ns).status.hard or {}):
+        assert time.monotonic() < deadline, "quota status never computed"
+        time.sleep(0.2)
+    sft.apply(sftjob_manifest(name, nodes=1, gpus=8, preflight={"enabled": True}))
+    check = sft.running_preflight_pod(name)  # no GPU request: the quota lets it through
+    kwok_pods.succeed(sft.ns, check.metadata.name)
+    st = sft.wait(name, lambda s: cond(s, "ChildCreateFailed").get("status") == "True", 60, "ChildCreateFailed")
+    c = cond(st, "ChildCreateFailed")
+    assert "Job gpuquota-a1 cannot create its pods" in c["message"], c["message"]
+    assert "exceeded quota: no-gpus" in c["message"] and "requests.nvidia.com/gpu" in c["message"], c["message"]
+    assert st["phase"] == "Pending" and cond(st, "Preflight")["status"] == "True"
+    ev = [e for e in sft.wait_events(name, {"FailedCreate"}) if e.reason == "FailedCreate"]
+    assert ev[0].type == "Warning" and "exceeded quota: no-gpus" in ev[0].message
+    sft.core.delete_namespaced_resource_quota("no-gpus", sft.ns)
+    sft.running_pods(name, 1, 1, timeout=90)  # the Job controller's own retry
+    st = sft.wait(name, lambda s: cond(s, "ChildCreateFailed").get("status") == "False", 30, "refusal cleared")
+    assert st["phase"] in ("Pending", "Running")

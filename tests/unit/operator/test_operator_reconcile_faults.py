@@ -112,3 +112,25 @@ def test_training_after_a_download_counts_steps_from_then():
     stalled = run(body, both_running(), 3060)
     assert stalled.status["phase"] == "Restarting"
     assert "no progress for 60s in phase training" in cond(stalled, "Stalled")["message"]
+
+
+GPU_QUOTA = ('pods "demo-a1-0-x" is forbidden: exceeded quota: no-gpus, requested: requests.nvidia.com/gpu=8, '
+             'used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=0')
+
+
+def test_pods_the_apiserver_refuses_are_in_status_until_they_exist():
+    from dataclasses import replace
+
+    body = sftjob(status={"phase": "Pending", "attempt": 1, "restarts": 0, "preemptions": 0, "startTime": "2026-01-01T12:00:00Z"})
+    refused = replace(obs([kjob(active=0)]), pod_create_errors={"demo-a1": GPU_QUOTA})
+    r = run(body, refused, 5)
+    c = cond(r, "ChildCreateFailed")
+    assert c["status"] == "True" and c["reason"] == "FailedCreate"
+    assert "Job demo-a1 cannot create its pods" in c["message"] and "exceeded quota: no-gpus" in c["message"]
+    assert ("Warning", "FailedCreate") in [(e.type, e.reason) for e in r.events]
+    assert r.status["phase"] == "Pending"
+    body = applied(body, r)
+    again = run(body, refused, 20)  # the same refusal: no new write, no new event
+    assert cond(again, "ChildCreateFailed") == c and not any(e.reason == "FailedCreate" for e in again.events)
+    healed = run(body, both_running(), 30)  # the quota was raised: pods exist
+    assert cond(healed, "ChildCreateFailed")["status"] == "False" and healed.status["phase"] == "Running"
