@@ -86,6 +86,9 @@ def test_a_golden_set_whose_pass_rate_falls_stops_training_at_that_checkpoint(tm
     assert [e["step"] for e in entries] == list(range(5, stop["step"] + 1, 5))  # every checkpoint, none after
     assert stop["step"] == _first_fall(entries, 0.3) == result.global_step < 60
     assert stop["best_pass_rate"] - stop["pass_rate"] > 0.3
+    # the final evaluation reuses the stop checkpoint's golden score: the same weights, no second generation
+    assert result.golden_after["scored_at_checkpoint"] == stop["step"]
+    assert result.golden_after["pass_rate"] == stop["pass_rate"] == entries[-1]["pass_rate"]
     assert result.exit_code == 65, result.message
     assert "golden-set pass rate fell from" in result.message and "spec.eval.goldenSet.maxDrop 30.00%" in result.message
     report = json.loads((tmp_path / "w" / "result.json").read_text())
@@ -114,3 +117,4 @@ def test_on_regression_export_best_succeeds_with_the_best_checkpoint_exported(tm
     assert not all(torch.equal(exported[k], last[k]) for k in last)
     # the final evaluation ran on the best checkpoint's weights: greedy answers, the same pass rate
     assert result.golden_after["pass_rate"] == stop["best_pass_rate"]
+    assert "scored_at_checkpoint" not in result.golden_after  # generated again, with the best weights

@@ -218,6 +218,20 @@ def final_evaluation(cfg: Any, trainer: Any, method: Any, inputs: Any, result: A
         result.exact_match_after = exact_match(trainer.model, inputs.tokenizer, inputs.splits.test,
                                                synced_gpus=cfg.zero3)
     if inputs.golden is not None:
-        result.golden_after = score_golden(trainer.model, inputs.tokenizer, inputs.golden,
-                                           max_new_tokens=cfg.golden_set.max_new_tokens,
-                                           synced_gpus=cfg.zero3).to_dict()
+        result.golden_after = (_scored_at_the_last_step(cfg, trainer, result) or
+                               score_golden(trainer.model, inputs.tokenizer, inputs.golden,
+                                            max_new_tokens=cfg.golden_set.max_new_tokens,
+                                            synced_gpus=cfg.zero3).to_dict())
+
+
+def _scored_at_the_last_step(cfg: Any, trainer: Any, result: Any) -> dict[str, Any] | None:
+    """The golden score of the final checkpoint, when golden_checkpoints.py already generated it with these
+    weights (not after exportBest put the best checkpoint's back; never under ZeRO-3, where every rank must
+    take part in the generation)."""
+    last = result.golden_checkpoints[-1] if result.golden_checkpoints else None
+    stop = result.golden_stop
+    if (cfg.zero3 or last is None or "total" not in last or last["step"] != trainer.state.global_step
+            or (stop is not None and stop["on_regression"] == "exportBest")):
+        return None
+    return {"total": last["total"], "passed": last["passed"], "pass_rate": last["pass_rate"],
+            "by_task": dict(last["by_task"]), "failures": last.get("failures", []), "scored_at_checkpoint": last["step"]}

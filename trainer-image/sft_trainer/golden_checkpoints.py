@@ -93,6 +93,7 @@ class GoldenCheckpointCallback(TrainerCallback):
         g = score_golden(model, self.tokenizer, self.items, max_new_tokens=self.max_new_tokens,
                          synced_gpus=self.zero3)
         entry = {"step": state.global_step, "pass_rate": g.pass_rate, "by_task": g.by_task,
+                 "total": g.total, "passed": g.passed, "failures": g.failures,
                  "seconds": round(time.monotonic() - t0, 3)}
         if not state.is_world_process_zero:
             return entry
