@@ -61,6 +61,16 @@ class PreflightReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line for a pod's termination message (the operator's Preflight condition and Event)."""
+        tl = self.token_lengths
+        lengths = f"tokens p50 {tl['p50']:.0f} max {tl['max']:.0f}, " if tl else ""
+        return (f"rows {self.rows}, malformed {self.bad_rows} ({self.bad_row_ratio:.2%}), train/validation/test "
+                f"{self.examples.get('train', 0)}/{self.examples.get('validation', 0)}/{self.examples.get('test', 0)}, "
+                f"{lengths}loss on {self.loss_token_ratio:.1%} of tokens (lossOn {self.loss_on}), chat template "
+                f"{self.template_verdict.get('strategy', '?')} (end-of-turn "
+                f"{', '.join(self.template_verdict.get('end_of_turn') or []) or 'none'}), {len(self.warnings)} warnings")
+
     def lines(self) -> list[str]:
         tl = self.token_lengths
         out = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 from . import exit_codes
 
+TERMINATION_LOG = "/dev/termination-log"
 # What AutoTokenizer reads from a model directory; the weights are never fetched.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -109,6 +111,15 @@ def show(console: Any, report: Any, tokenizer: Any, shown: list[dict[str, Any]],
         console.print(Panel(highlighted(tokenizer, e, max_seq_length), title=title, title_align="left"))
 
 
+def _termination_message(path: str, message: str) -> None:
+    """Kubernetes shows this file as the container's termination message (only if it exists)."""
+    try:
+        if os.path.exists(path) and os.access(path, os.W_OK):
+            Path(path).write_text(message[:4000])
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -120,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="directory that scheme-less data paths are relative to (default: the working directory, "
                         "as for the trainer in a pod; sftctl preflight passes the SFTJob file's directory)")
     p.add_argument("--workdir", default=None, help="scratch directory for tokenizer files fetched from s3://")
+    p.add_argument("--termination-log", default=TERMINATION_LOG,
+                   help=f"where a pod's one-line result goes, when the file exists (default {TERMINATION_LOG})")
     args = p.parse_args(argv)
     console = Console(stderr=False)
     job_path = Path(args.job)
@@ -133,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
         if args.json_path:
             Path(args.json_path).write_text(json.dumps({"error": msg, "exit_code": e.exit_code}, indent=2))
+        _termination_message(args.termination_log, msg)
         return e.exit_code
+    _termination_message(args.termination_log, report.summary())
     show(console, report, tokenizer, shown, report.max_seq_length)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str))

@@ -129,3 +129,18 @@ def test_a_row_the_template_rejects_is_a_bad_row_with_file_and_line(tmp_path):
     assert e.value.exit_code == 64
     assert (f"{tmp_path / 'd0.jsonl'}:4: the chat template fails to render this conversation: After the optional "
             "system message, conversation roles must alternate") in str(e.value)
+
+
+def test_the_entry_point_leaves_a_one_line_result_for_the_pods_termination_message(tmp_path):
+    from sft_trainer.preflight_cli import main
+
+    job = local_job(tmp_path, "kueue-queued-lora.yaml")
+    log = tmp_path / "termination-log"
+    log.write_text("")  # Kubernetes creates the file; the entry point only writes an existing one
+    assert main([str(job), "--base-dir", str(tmp_path), "--examples", "0", "--termination-log", str(log)]) == 0
+    line = log.read_text()
+    assert line.startswith("rows 200, malformed 0 (0.00%), train/validation/test ")
+    assert "lossOn completion" in line and "chat template incremental (end-of-turn <|eot_id|>)" in line
+    (tmp_path / "d0.jsonl").write_text("not json\n")
+    assert main([str(job), "--base-dir", str(tmp_path), "--termination-log", str(log)]) == 64
+    assert f"{tmp_path / 'd0.jsonl'}:1: invalid JSON" in log.read_text()
