@@ -185,3 +185,18 @@ def test_retention_deletes_only_the_owners_checkpoints(tmp_path):
     store = CheckpointStore(str(root), owner=ME)
     assert store.apply_retention(keep=1) == [20, 30]
     assert [c.step for c in store.committed()] == [10, 40]
+
+
+def test_run_identity_reads_the_uid_the_attempt_and_the_spec():
+    from sft_api.models import SFTJob
+    from sft_trainer.resume import run_identity
+
+    job = SFTJob.model_validate({"apiVersion": "sft.dev/v1alpha1", "kind": "SFTJob",
+                                 "metadata": {"name": "j", "uid": "0b7c-uid"}, "spec": BASE})
+    me = run_identity(job, {"SFT_ATTEMPT": "3"})
+    assert (me.job_uid, me.attempt, me.job_name, me.spec_hash) == ("0b7c-uid", 3, "j", spec_hash(BASE))
+    # no metadata.uid (a ConfigMap without it): SFT_JOB_UID, else none, as under sftctl run
+    job = SFTJob.model_validate({"apiVersion": "sft.dev/v1alpha1", "kind": "SFTJob",
+                                 "metadata": {"name": "j"}, "spec": BASE})
+    assert run_identity(job, {"SFT_JOB_UID": "env-uid"}).job_uid == "env-uid"
+    assert run_identity(job, {}).job_uid is None and run_identity(job, {}).attempt is None
