@@ -425,6 +425,9 @@ def _judge_attempt(p: _Pass) -> None:
     failure = restart_policy.classify(job, pods, p.obs.missing_nodes)
     if failure is not None:
         return _restart_or_fail(p, failure, job)
+    if kueue.evicted(job, p.phase):
+        failure = restart_policy.Failure(Reason.PREEMPTED, f"attempt {attempt} was evicted by Kueue (its Job suspended)")
+        return _restart_or_fail(p, failure, job)
     if kueue.is_queued(job):
         msg = f"waiting for admission by Kueue (queue {kueue.queue_name(p.meta) or '?'})"
         p.cond(CondType.RUNNING, False, Reason.QUEUED, msg)
@@ -473,7 +476,8 @@ def _judge_stall(p: _Pass, attempt: int) -> None:
     step = p.progress.get("step")
     timeout = p.fp("stallTimeoutSeconds")
     check = stall.check(seen, attempt=attempt, step=step, now=p.now, timeout=timeout, phase=p.progress.get("phase"),
-                        heartbeat=p.progress.get("heartbeatTime"), phase_timeouts=p.settings.phase_timeouts)
+                        heartbeat=p.progress.get("heartbeatTime"), phase_timeouts=p.settings.phase_timeouts,
+                        heartbeat_grace=p.settings.heartbeat_grace_seconds)
     if check.changed:
         p.res.annotations[stall.ANNOTATION] = json.dumps(check.seen, sort_keys=True)
         stalled_cond = get_condition(p.st.get("conditions"), CondType.STALLED)

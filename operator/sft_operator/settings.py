@@ -74,6 +74,8 @@ class OperatorSettings:
     retry_max_seconds: float = 300.0
     # -- seconds each non-training trainer phase may last, overriding the stall policy's defaults
     phase_timeouts: dict = field(default_factory=dict)
+    # -- the shortest heartbeat silence that counts as hung (the trainer beats every 30 s)
+    heartbeat_grace_seconds: float = 90.0
     # -- Kueue LocalQueue for SFTJobs without a kueue.x-k8s.io/queue-name label (unset: those are not queued)
     default_queue_name: str | None = None
 
@@ -101,6 +103,7 @@ class OperatorSettings:
             retry_base_seconds=_env("SFT_RETRY_BASE_SECONDS", d.retry_base_seconds, float),
             retry_max_seconds=_env("SFT_RETRY_MAX_SECONDS", d.retry_max_seconds, float),
             phase_timeouts=_env("SFT_PHASE_TIMEOUTS", {}, _json_dict),
+            heartbeat_grace_seconds=_env("SFT_HEARTBEAT_GRACE_SECONDS", d.heartbeat_grace_seconds, float),
             default_queue_name=_env("SFT_DEFAULT_QUEUE_NAME", None) or None,
         )
 

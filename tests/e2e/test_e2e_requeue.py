@@ -15,7 +15,7 @@ from test_e2e_child_faults import forbid_jobs, refusals
 def slow_resync_operator(dev_cluster, sftjob_crd, tmp_path_factory):
     # Its own operator (this module never uses the shared `operator` fixture, so only one acts).
     op = OperatorProcess(Path(dev_cluster.kubeconfig), tmp_path_factory.mktemp("operator-slow-resync"),
-                         extra_env={"SFT_RESYNC_SECONDS": "600"})
+                         extra_env={"SFT_RESYNC_SECONDS": "600", "SFT_HEARTBEAT_GRACE_SECONDS": "0"})
     op.start()
     try:
         yield op

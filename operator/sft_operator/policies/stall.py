@@ -5,7 +5,8 @@
 - Every other phase (downloading, preflight, evaluating, checkpointing, exporting) has no steps; it
   gets its own generous timeout, counted from when the phase began. A trainer that also reports
   `status.progress.heartbeatTime` is hung, not slow, when the heartbeat stops for
-  `stallTimeoutSeconds`.
+  `stallTimeoutSeconds` (but never less than `heartbeat_grace`: the trainer beats every 30 s, so a
+  short stall timeout must not mistake the gap between two beats for a hang).
 
 The clock lives in the annotation `sft.dev/progress-seen` as
 `{"attempt": N, "phase": P, "step": S, "time": RFC3339}`: the time the attempt, the phase or (in
@@ -34,6 +35,7 @@ DEFAULT_PHASE_TIMEOUTS: dict[str, int] = {
     "exporting": 4 * 3600,
 }
 UNKNOWN_PHASE_TIMEOUT = 4 * 3600  # a phase name this operator does not know yet
+HEARTBEAT_GRACE = 90.0  # three of the trainer's 30 s heartbeats (SFT_HEARTBEAT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def _moved(seen: dict | None, attempt: int, phase: str, step: int | None) -> boo
 
 def check(seen: dict | None, *, attempt: int, step: int | None, now: datetime, timeout: float | None,
           phase: str | None = None, heartbeat: str | None = None,
-          phase_timeouts: Mapping[str, float] | None = None) -> StallCheck:
+          phase_timeouts: Mapping[str, float] | None = None, heartbeat_grace: float = HEARTBEAT_GRACE) -> StallCheck:
     phase = phase or TRAINING
     if _moved(seen, attempt, phase, step):
         # A new attempt, phase or step starts the clock; a fresh clock never stalls at once.
@@ -86,10 +88,11 @@ def check(seen: dict | None, *, attempt: int, step: int | None, now: datetime, t
     beat = _parse(heartbeat)
     if beat is not None and timeout:
         silent = max((now - beat).total_seconds(), 0.0)
-        if silent >= float(timeout):
+        allowed = max(float(timeout), float(heartbeat_grace))
+        if silent >= allowed:
             msg = f"no heartbeat for {int(silent)}s in phase {phase} (stallTimeoutSeconds={timeout})"
             return StallCheck(seen, False, True, silent, phase, msg, 0.0)
-        wake = min(wake, float(timeout) - silent)
+        wake = min(wake, allowed - silent)
     return StallCheck(seen, False, False, idle, phase, "", wake)
 
 

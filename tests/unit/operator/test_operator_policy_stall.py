@@ -60,11 +60,27 @@ def test_training_clock(seen, attempt, step, t, timeout, changed, stalled):
 )
 def test_phase_clock(seen, phase, t, heartbeat, stalled, fragment):
     beat = fmt_time(at(heartbeat)) if heartbeat is not None else None
-    c = check(seen, attempt=1, step=None, now=at(t), timeout=600, phase=phase, heartbeat=beat)
+    c = check(seen, attempt=1, step=None, now=at(t), timeout=600, phase=phase, heartbeat=beat, heartbeat_grace=90)
     assert c.stalled is stalled
     assert fragment in c.message
     if not stalled:
         assert c.wake_in is not None and c.wake_in > 0
+
+
+@pytest.mark.parametrize(
+    "timeout, silent, grace, stalled",
+    [
+        pytest.param(10, 60, 90, False, id="a short stall timeout does not mistake the gap between beats for a hang"),
+        pytest.param(10, 90, 90, True, id="three missed beats are a hang"),
+        pytest.param(600, 300, 90, False, id="a long stall timeout waits for itself"),
+        pytest.param(10, 10, 0, True, id="without grace the stall timeout alone counts"),
+    ],
+)
+def test_heartbeat_grace(timeout, silent, grace, stalled):
+    seen = rec(1, None, 0, "downloading")
+    c = check(seen, attempt=1, step=None, now=at(1000), timeout=timeout, phase="downloading",
+              heartbeat=fmt_time(at(1000 - silent)), heartbeat_grace=grace)
+    assert c.stalled is stalled
 
 
 def test_phase_timeouts_can_be_overridden():

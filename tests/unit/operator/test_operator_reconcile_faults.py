@@ -87,17 +87,17 @@ def test_requeue_after_is_the_next_clock(body, world, t, expected):
 
 def test_a_slow_download_is_not_a_stall_but_a_silent_one_is():
     """The trainer reports its phase and a heartbeat: only training counts steps."""
-    body = sftjob(status=running_status(), stall=60)
+    body = sftjob(status=running_status(), stall=120)
     body["status"]["progress"] = {"phase": "downloading", "heartbeatTime": "2026-01-01T12:00:00Z"}
     r1 = run(body, both_running(), 0)
     body = applied(body, r1)
     assert json.loads(body["metadata"]["annotations"]["sft.dev/progress-seen"])["phase"] == "downloading"
     body["status"]["progress"]["heartbeatTime"] = "2026-01-01T12:09:50Z"
     r2 = run(body, both_running(), 600)  # ten minutes, no step, heartbeat fresh: a live slow download
-    assert r2.status["phase"] == "Running" and r2.requeue_after == pytest.approx(50)
-    r3 = run(body, both_running(), 650)  # the heartbeat stopped for stallTimeoutSeconds: hung
+    assert r2.status["phase"] == "Running" and r2.requeue_after == pytest.approx(110)
+    r3 = run(body, both_running(), 710)  # the heartbeat stopped for stallTimeoutSeconds: hung
     assert r3.status["phase"] == "Restarting" and cond(r3, "Stalled")["status"] == "True"
-    assert "no heartbeat for 60s in phase downloading" in cond(r3, "Stalled")["message"]
+    assert "no heartbeat for 120s in phase downloading" in cond(r3, "Stalled")["message"]
     assert r3.counted == ["Stalled"]
 
 
