@@ -78,3 +78,35 @@ def test_a_diverging_learning_rate_fails_within_a_minute_before_the_full_run(tmp
     # the full run never started: no checkpoint, no step of it
     assert not list((tmp_path / "ckpt").glob("checkpoint-*")) and not (tmp_path / "w" / "hf-checkpoints").exists()
     print(last, f"({elapsed:.1f}s in all, {report['seconds']:.1f}s in the check)")
+
+
+def test_two_gloo_processes_run_the_sanity_check_and_the_golden_checkpoints_together(tmp_path):
+    """torchrun, 2 processes: both ranks overfit and restore, DDP wraps the model again for the run, and
+    the golden set at each checkpoint (rank 0 generates) keeps the ranks in step to the end."""
+    import os
+    import signal
+
+    import yaml
+    from trainer_job_factory import write_golden
+    from trainer_run_helpers import entrypoint_job, launch_entrypoint
+
+    job = entrypoint_job(tmp_path, "ddp-gates", str(tmp_path / "ckpt"), max_steps=6, every_steps=3, keep=3)
+    doc = yaml.safe_load(job.read_text())
+    doc["spec"]["training"]["learningRate"] = 5e-3
+    doc["spec"]["eval"] = {"sanityCheck": {**SANITY, "steps": 10},
+                           "goldenSet": {"uri": str(write_golden(tmp_path / "golden.jsonl")), "maxNewTokens": 8,
+                                         "everyCheckpoints": 1, "maxDrop": 1.0}}
+    job.write_text(yaml.safe_dump(doc))
+    log = tmp_path / "trainer.log"
+    proc = launch_entrypoint(job, tmp_path / "work", log, nproc=2)
+    try:
+        rc = proc.wait(500)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    assert "world size 2" in text and "sanity check passed" in text
+    result = json.loads((tmp_path / "work" / "result.json").read_text())
+    assert result["global_step"] == 6 and result["sanity_check"]["passed"]
+    assert [e["step"] for e in result["golden_checkpoints"]] == [3, 6]
