@@ -19,6 +19,8 @@ from sft_operator.policies.restart_policy import Failure, classify, decide, pod_
         pytest.param(pod(phase="Failed", exit_code=64), Reason.DATA_ERROR, "code 64", id="exit 64 is DataError"),
         pytest.param(pod(phase="Failed", exit_code=65), Reason.GOLDEN_SET_REGRESSION, "code 65", id="exit 65 is GoldenSetRegression"),
         pytest.param(pod(phase="Failed", exit_code=66), Reason.TOPOLOGY_MISMATCH, "code 66", id="exit 66 is TopologyMismatch"),
+        pytest.param(pod(phase="Failed", exit_code=67), Reason.SANITY_CHECK_FAILED, "code 67",
+                     id="exit 67 is SanityCheckFailed"),
         pytest.param(pod(phase="Failed", disruption="EvictionByEvictionAPI"), Reason.EVICTED, "EvictionByEvictionAPI",
                      id="a disruption wins over the exit code"),
         pytest.param(pod(phase="Failed"), Reason.POD_FAILED, "failed", id="a failed pod without an exit code is PodFailed"),

@@ -147,6 +147,8 @@ FAILURES = [
                  id="exit 65 fails the job with GoldenSetRegression"),
     pytest.param(pod(index=1, phase="Failed", exit_code=66), "Failed", None, "TopologyMismatch", "code 66",
                  id="exit 66 fails the job with TopologyMismatch"),
+    pytest.param(pod(index=1, phase="Failed", exit_code=67), "Failed", None, "SanityCheckFailed", "code 67",
+                 id="exit 67 fails the job with SanityCheckFailed, without a restart"),
 ]
 
 
