@@ -132,7 +132,8 @@ class GoldenCheckpointCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         stop = self.result.golden_stop
-        if stop is None or self.on_regression != "exportBest" or model is None:
+        # rank 0 holds the copy and exports; the other ranks' weights are not exported (no ZeRO-3 here)
+        if stop is None or self.on_regression != "exportBest" or model is None or not state.is_world_process_zero:
             return
         if self.best_weights is None:
             log.warning("exportBest: the best checkpoint's weights were not kept (ZeRO-3 or an earlier attempt); "
