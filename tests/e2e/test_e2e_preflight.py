@@ -67,3 +67,53 @@ def test_passing_preflight_proceeds_to_the_gang_and_is_not_repeated_on_restart(o
     sft.running_pods(name, 2, 2)
     assert sft.preflight_jobs(name, 2) == []
     assert sft.status(name)["restarts"] == 1
+
+
+def _run_pod_command(sft, pod, workdir):
+    """Run the preflight pod's own command and env (read back from the apiserver) as a local process,
+    in `workdir` as its working directory; returns (exit code, termination message) as the kubelet
+    would make them with FallbackToLogsOnError: the log's last 80 lines, at most 2048 bytes."""
+    import os
+    import subprocess
+    import sys
+
+    c = pod.spec.containers[0]
+    cm = next(v.config_map.name for v in pod.spec.volumes if v.config_map)
+    mount = next(m.mount_path for m in c.volume_mounts if m.name == "config")
+    config_dir = workdir / "config"
+    config_dir.mkdir()
+    for key, text in sft.core.read_namespaced_config_map(cm, sft.ns).data.items():
+        (config_dir / key).write_text(text)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")}
+    env.update({e.name: e.value.replace(mount, str(config_dir)) for e in c.env if e.value is not None})
+    argv = [sys.executable if a == "python" else a.replace(mount, str(config_dir)) for a in c.command]
+    p = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    log = (p.stdout + p.stderr).splitlines()[-80:]
+    return p.returncode, "\n".join(log).encode()[-2048:].decode(errors="ignore")
+
+
+def test_the_real_preflight_entry_point_fails_a_broken_row(operator, sft, kwok_pods, tmp_path):
+    """The preflight pod's command, env and ConfigMap as the operator made them, run for real against
+    data with a broken row; kwok then ends the pod with that exit code and termination message."""
+    from pathlib import Path
+
+    name = "realcheck"
+    rows = (Path(__file__).resolve().parents[2] / "examples" / "data" / "quickstart" / "train.jsonl").read_text().splitlines()[:200]
+    rows[16] = '{"messages": [{"role": "user", "content": "hi"}'  # line 17: truncated JSON
+    data = tmp_path / "data" / "quickstart"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text("\n".join(rows) + "\n")
+    started = time.monotonic()
+    sft.apply(sftjob_manifest(name, nodes=2, gpus=8, preflight={"enabled": True, "maxBadRowRatio": 0.0}))
+    check = sft.running_preflight_pod(name)
+    ran = time.monotonic()
+    code, message = _run_pod_command(sft, check, tmp_path)
+    checked = time.monotonic() - ran
+    assert code == 64, message
+    kwok_pods.fail(sft.ns, check.metadata.name, exit_code=code, message=message, wait=False)
+    st = sft.wait_phase(name, "Failed", 30)
+    took = time.monotonic() - started
+    failed = cond(st, "Failed")
+    assert failed["reason"] == "DataError" and "train.jsonl:17" in failed["message"] and "invalid JSON" in failed["message"], failed
+    assert sft.jobs(name) == [] and _gpu_requested(sft, name) == []
+    print(f"\nreal preflight: exit {code} after {checked:.1f}s; apply -> Failed/DataError {took:.1f}s; message: {failed['message']}")
