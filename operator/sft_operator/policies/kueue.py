@@ -1,6 +1,10 @@
 """Kueue policy: with the queue-name label the child Job is created suspended and carries the
 label; Kueue admits it by unsuspending it. Until then the SFTJob is Pending with reason Queued.
 The operator never re-applies an existing Job, so it cannot undo an admission.
+
+A gang that ran and whose Job Kueue suspends again was evicted (priority preemption, a reclaimed
+quota): that is a preemption, counted apart from restarts; the next attempt queues again and resumes
+from the latest committed checkpoint once Kueue readmits it.
 """
 
 from __future__ import annotations
@@ -8,9 +12,10 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..children import QUEUE_LABEL
+from ..conditions import Phase
 from ..observe import JobObs
 
-__all__ = ["queue_name", "is_queued"]
+__all__ = ["queue_name", "is_queued", "evicted"]
 
 
 def queue_name(metadata: Mapping) -> str | None:
@@ -19,3 +24,8 @@ def queue_name(metadata: Mapping) -> str | None:
 
 def is_queued(job: JobObs | None) -> bool:
     return job is not None and job.suspended and not job.finished
+
+
+def evicted(job: JobObs | None, phase: str | None) -> bool:
+    """Kueue suspended the Job of a gang that was running."""
+    return is_queued(job) and phase == Phase.RUNNING
