@@ -14,6 +14,7 @@ import typer
 from sft_dev import build as build_mod
 from sft_dev.build import BuildError
 from sft_dev.cluster import REAL_NODE_NAME, ClusterError, DevCluster, Ports
+from sft_dev.kueue import KueueError
 from sft_dev.realnode import BRIDGE, NODE_IP, NODE_LABEL, RealNodeError
 from sft_dev.tools import ToolError, helm, kubectl
 
@@ -52,6 +53,8 @@ def up(
     real_node: bool = typer.Option(False, "--real-node", help="Also run one real kubelet node (containerd, runc, "
                                    "a bridge network) where pods really run; loads the images `sftctl images "
                                    "build` made. Needs root."),
+    kueue: bool = typer.Option(False, "--kueue", help="Also run Kueue (built from the Go module proxy, its CRDs "
+                               "from the module cache, its webhooks on 127.0.0.1) for batch/v1 Jobs."),
     state_dir: Optional[Path] = StateDir,
 ) -> None:
     """Start the cluster (idempotent: a running one is left alone; nodes are added up to --nodes)."""
@@ -61,11 +64,14 @@ def up(
             _fail(ValueError(f"--port-base {port_base}: must be between 1024 and 65530"))
         ports = Ports(*(port_base + i for i in range(6)))
     try:
-        info = DevCluster(state_dir).up(nodes=nodes, gpus_per_node=gpus_per_node, ports=ports, real_node=real_node)
-    except (ClusterError, BuildError, ToolError, RealNodeError) as e:
+        info = DevCluster(state_dir).up(nodes=nodes, gpus_per_node=gpus_per_node, ports=ports, real_node=real_node,
+                                        kueue=kueue)
+    except (ClusterError, BuildError, ToolError, RealNodeError, KueueError) as e:
         _fail(e)
     typer.echo(f"dev cluster running: {info.server}, {len(info.nodes)} kwok GPU node(s) "
                f"with nvidia.com/gpu={gpus_per_node}")
+    if kueue:
+        typer.echo("kueue: running (label Jobs or SFTJobs with kueue.x-k8s.io/queue-name to queue them)")
     if real_node:
         typer.echo(f"real node: {REAL_NODE_NAME} ({NODE_IP} on bridge {BRIDGE}); select it with "
                    f"nodeSelector {{{NODE_LABEL}: \"true\"}}")

@@ -249,6 +249,7 @@ class DevCluster:
         ports = self._ports(cfg).by_component() if cfg else {}
         out = []
         real = ("containerd", "apiserver-proxy", "kubelet") if (cfg or {}).get("real_node", {}).get("enabled") else ()
+        real += ("kueue",) if (cfg or {}).get("kueue", {}).get("enabled") else ()
         for c in (*COMPONENTS, *real):
             rec = _read_pidfile(self.pidsdir / f"{c}.json")
             out.append(ComponentStatus(c, rec["pid"] if rec else None, _alive(rec), ports.get(c, []),
@@ -262,7 +263,11 @@ class DevCluster:
     def down(self, purge: bool = False, check_ports: bool = True) -> list[str]:
         """Stop every process this state dir started (even after a crash); returns what was stopped."""
         stopped = []
+        from sft_dev.kueue import COMPONENT as KUEUE, Kueue
         from sft_dev.realnode import RealNode
+
+        if (self.pidsdir / f"{KUEUE}.json").exists():  # its webhooks go first, while the apiserver answers
+            stopped += Kueue(self).down()
 
         rn = RealNode(self)
         if any((self.pidsdir / f"{c}.json").exists() for c in ("kubelet", "containerd", "apiserver-proxy")) \
@@ -302,7 +307,7 @@ class DevCluster:
 
     # -- up ----------------------------------------------------------------------------------
     def up(self, nodes: int = 4, gpus_per_node: int = 8, ports: Ports | None = None, wait: float = 120.0,
-           log=sys.stderr, real_node: bool = False) -> ClusterInfo:
+           log=sys.stderr, real_node: bool = False, kueue: bool = False) -> ClusterInfo:
         """Start (or keep) the cluster. Idempotent: a healthy cluster is left as it is, and nodes are
         added up to `nodes`; a partly dead one is restarted from its state dir. `real_node` adds one
         real kubelet node (sft_dev.realnode) beside the kwok nodes."""
@@ -349,6 +354,10 @@ class DevCluster:
             cfg["real_node"] = dict(cfg.get("real_node") or {}, enabled=True)
             self.config_file.write_text(json.dumps(cfg, indent=1))
             RealNode(self).up(cfg, log=log)
+        if kueue:  # Kueue (sft_dev.kueue): its CRDs, the manager, its webhooks on 127.0.0.1
+            from sft_dev.kueue import Kueue
+
+            Kueue(self).up(log=log)
         return self.info()
 
     def _auth_current(self, cfg: dict) -> bool:

@@ -31,7 +31,8 @@ CRD_FILE = REPO_ROOT / "crds" / "sftjob.yaml"
 CRD_NAME = "sftjobs.sft.dev"
 
 # Fixtures that need the cluster; tests using them get the `cluster` marker automatically.
-_CLUSTER_FIXTURES = {"dev_cluster", "kube_api", "namespace", "sftjob_crd", "kwok_pods", "kubectl", "gpu_pool"}
+_CLUSTER_FIXTURES = {"dev_cluster", "kube_api", "namespace", "sftjob_crd", "kwok_pods", "kubectl", "gpu_pool",
+                     "kueue"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -288,6 +289,32 @@ def s3_bucket(s3, request):
         c.delete_bucket(Bucket=name)
     except Exception:  # the server may already be gone at session end; the bucket dies with it
         pass
+
+
+# -- Kueue -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kueue(dev_cluster):
+    """Kueue (sft_dev.kueue) running against the session's dev cluster: its CRDs, the manager and its
+    webhooks on 127.0.0.1. Stopped (webhooks deleted first) at the end of the session."""
+    from sft_dev.build import BuildError
+    from sft_dev.cluster import DevCluster
+    from sft_dev.kueue import Kueue, KueueError
+    from sft_dev.tools import ToolError
+
+    if not (Path(dev_cluster.state_dir) / "config.json").exists():
+        pytest.fail("the kueue fixture needs a dev cluster with a state dir (SFT_TEST_KUBECONFIG from "
+                    "`sftctl dev-cluster up`, or the session's own)", pytrace=False)
+    k = Kueue(DevCluster(dev_cluster.state_dir))
+    try:
+        ports = k.up()
+    except (KueueError, BuildError, ToolError) as e:
+        _fail("Kueue did not start", e)
+    try:
+        yield ports
+    finally:
+        k.down()
 
 
 # -- MLflow ----------------------------------------------------------------------------------
