@@ -63,6 +63,7 @@ class GoldenCheckpointCallback(TrainerCallback):
         self.max_drop, self.on_regression = max_drop, on_regression
         self.result, self.reporter, self.metrics, self.zero3 = result, reporter, metrics, zero3
         self.best: dict[str, Any] | None = None
+        self.stopped = False  # a maxDrop stop, on every rank
         self.best_weights: dict[str, Any] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -83,9 +84,13 @@ class GoldenCheckpointCallback(TrainerCallback):
         entry = None
         if state.is_world_process_zero or self.zero3:
             entry = self._score(state, model)
-        stop = entry is not None and state.is_world_process_zero and self._check_drop(entry, model)
-        if any_rank(stop):  # every rank stops at the same checkpoint
-            control.should_training_stop = True
+        new_best, stop = self._judge(entry) if entry is not None and state.is_world_process_zero else (False, False)
+        # every rank keeps the best weights (DDP replicas are identical) and stops at the same checkpoint
+        if any_rank(new_best) and self.max_drop is not None and self.on_regression == "exportBest" and not self.zero3:
+            self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                                 if p.requires_grad}
+        if any_rank(stop):
+            control.should_training_stop = self.stopped = True
         return control
 
     def _score(self, state: Any, model: Any) -> dict[str, Any]:
@@ -110,17 +115,14 @@ class GoldenCheckpointCallback(TrainerCallback):
                 for e in self.result.golden_checkpoints]}})
         return entry
 
-    def _check_drop(self, entry: dict[str, Any], model: Any) -> bool:
-        """Track the best checkpoint; True when this one fell by more than maxDrop from it."""
+    def _judge(self, entry: dict[str, Any]) -> tuple[bool, bool]:
+        """(a new best checkpoint, this one fell by more than maxDrop from the best)."""
         if self.best is None or entry["pass_rate"] > self.best["pass_rate"]:
             self.best = entry
-            if self.max_drop is not None and self.on_regression == "exportBest" and not self.zero3:
-                self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
-                                     if p.requires_grad}
-            return False
+            return True, False
         drop = self.best["pass_rate"] - entry["pass_rate"]
         if self.max_drop is None or drop <= self.max_drop + 1e-12:
-            return False
+            return False, False
         message = (f"golden-set pass rate fell from {_pct(self.best['pass_rate'])} (checkpoint {self.best['step']}, "
                    f"the best so far) to {_pct(entry['pass_rate'])} at checkpoint {entry['step']}: a drop of "
                    f"{100 * drop:.2f} points > spec.eval.goldenSet.maxDrop {_pct(self.max_drop)}")
@@ -128,13 +130,12 @@ class GoldenCheckpointCallback(TrainerCallback):
                                    "best_pass_rate": self.best["pass_rate"], "pass_rate": entry["pass_rate"],
                                    "on_regression": self.on_regression, "message": message}
         log.warning("%s: stopping training (onRegression: %s)", message, self.on_regression)
-        return True
+        return False, True
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        stop = self.result.golden_stop
-        # rank 0 holds the copy and exports; the other ranks' weights are not exported (no ZeRO-3 here)
-        if stop is None or self.on_regression != "exportBest" or model is None or not state.is_world_process_zero:
+        if not self.stopped or self.on_regression != "exportBest" or model is None:
             return
+        stop = self.result.golden_stop  # rank 0's figures
         if self.best_weights is None:
             log.warning("exportBest: the best checkpoint's weights were not kept (ZeRO-3 or an earlier attempt); "
                         "exporting the final weights")
@@ -145,8 +146,9 @@ class GoldenCheckpointCallback(TrainerCallback):
         with torch.no_grad():
             for name, value in self.best_weights.items():
                 params[name].copy_(value.to(params[name].device))
-        log.info("exportBest: the model holds checkpoint %d's weights again (golden pass rate %s)",
-                 stop["best_step"], _pct(stop["best_pass_rate"]))
+        if stop is not None:
+            log.info("exportBest: the model holds checkpoint %d's weights again (golden pass rate %s)",
+                     stop["best_step"], _pct(stop["best_pass_rate"]))
 
 
 def golden_checkpoint_callbacks(cfg: Any, inputs: Any, callbacks: list[Any], result: Any) -> list[Any]:
