@@ -9,9 +9,26 @@ cd "$root"
 log="$(mktemp -d)"
 start=$(date +%s)
 
-# The Go build needs only the standard library and Go, so it runs alongside the pip install.
-PYTHONPATH="$root/dev" python3 -m sft_dev.build >"$log/build.out" 2>"$log/build.err" &
+# Debian packages of the real node (runc's libseccomp, the CNI plugins) and of the image build
+# (buildah, mmdebstrap), installed once up front so the background builds never race for apt's lock.
+realnode_pkgs="libseccomp-dev pkg-config containernetworking-plugins buildah mmdebstrap"
+if ! dpkg-query -W -f='${Status}\n' $realnode_pkgs 2>/dev/null | grep -c "install ok installed" | grep -qx 5; then
+  echo "installing Debian packages for the real node and the images: $realnode_pkgs"
+  if ! (apt-get install -y -qq --no-install-recommends $realnode_pkgs >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $realnode_pkgs >/dev/null 2>&1; }); then
+    echo "error: could not install Debian's $realnode_pkgs (needed by the realnode tests)" >&2
+    exit 1
+  fi
+fi
+
+# The Go builds need only the standard library and Go, so they run alongside the pip install: the
+# control plane, then the real node's containerd, runc and kubelet (same Go caches, same wrapper).
+(PYTHONPATH="$root/dev" python3 -m sft_dev.build && PYTHONPATH="$root/dev" python3 -m sft_dev.realnode_build) \
+  >"$log/build.out" 2>"$log/build.err" &
 build_pid=$!
+# The operator and trainer images (network and disk bound: mmdebstrap, a wheelhouse, buildah).
+PYTHONPATH="$root/dev" python3 -m sft_dev.images >"$log/images.out" 2>"$log/images.err" &
+images_pid=$!
 venv="$(bash scripts/venv.sh)"
 echo "python env ready: $venv ($(( $(date +%s) - start ))s)"
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
@@ -23,12 +40,19 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   fi
 fi
 if ! wait "$build_pid"; then
-  echo "error: building the Kubernetes control-plane binaries failed:" >&2
+  echo "error: building the Kubernetes control-plane or real-node binaries failed:" >&2
   tail -n 40 "$log/build.err" >&2
   exit 1
 fi
 cat "$log/build.out"
 echo "binaries ready ($(( $(date +%s) - start ))s)"
+if ! wait "$images_pid"; then
+  echo "error: building the operator and trainer images failed:" >&2
+  tail -n 40 "$log/images.err" >&2
+  exit 1
+fi
+cat "$log/images.out"
+echo "images ready ($(( $(date +%s) - start ))s)"
 
 "$venv/bin/python" -m sft_api.crdgen --check
 export PATH="$venv/bin:$PATH"

@@ -95,7 +95,7 @@ def apt_install(packages: list[str], log=sys.stderr) -> None:
         return
     print(f"installing Debian packages: {' '.join(packages)}", file=log, flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends", *packages]
     if subprocess.run(cmd, env=env, capture_output=True).returncode == 0:
         return
     subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
