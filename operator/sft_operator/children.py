@@ -168,7 +168,9 @@ def resolved_config(body: Mapping, namespace: str) -> str:
     doc = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {"name": meta.get("name"), "namespace": namespace},
+        # The uid is the run's identity: the trainer resumes only checkpoints that carry it.
+        "metadata": {"name": meta.get("name"), "namespace": namespace,
+                     **({"uid": meta["uid"]} if meta.get("uid") else {})},
         "spec": _resolve_spec(body.get("spec") or {}),
     }
     return yaml.safe_dump(doc, sort_keys=False)

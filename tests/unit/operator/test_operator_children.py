@@ -134,10 +134,22 @@ def test_headless_service_and_progress_role():
 def test_config_map_holds_resolved_job():
     cm = by_kind(render(sftjob(), settings=S))["ConfigMap"]
     doc = yaml.safe_load(cm["data"]["job.yaml"])
-    assert doc["kind"] == "SFTJob" and doc["metadata"] == {"name": "demo", "namespace": "ns"}
+    assert doc["kind"] == "SFTJob" and doc["metadata"] == {"name": "demo", "namespace": "ns", "uid": "uid-1"}
     assert doc["spec"]["workers"]["nodes"] == 2
     assert doc["spec"]["training"]["learningRate"] == 2e-5  # a default, filled in
     assert "status" not in doc
+
+
+def test_config_map_carries_the_job_uid_the_trainer_resumes_by():
+    """The uid is the run's identity in every checkpoint manifest: a re-created job never resumes the old one's."""
+    from sft_api import SFTJob
+
+    body = sftjob()
+    body["metadata"]["uid"] = "0b6f-uid"
+    doc = yaml.safe_load(by_kind(render(body, settings=S))["ConfigMap"]["data"]["job.yaml"])
+    assert doc["metadata"]["uid"] == "0b6f-uid"
+    job = SFTJob.model_validate(doc)
+    assert (getattr(job.metadata, "uid", None) or (job.metadata.model_extra or {}).get("uid")) == "0b6f-uid"
 
 
 def test_kueue_label_goes_to_suspended_job():
