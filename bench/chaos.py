@@ -329,6 +329,7 @@ class Chaos:
         self.faults: list[Fault] = []
         self.lost_nodes: list[tuple[float, str]] = []
         self.lock = threading.RLock()
+        self.busy: set[str] = set()  # jobs an injector is aiming at
 
     # -- jobs ---------------------------------------------------------------------------------
     def manifest(self, name: str) -> dict:
@@ -411,12 +412,13 @@ class Chaos:
 
     def restart_target(self):
         with self.lock:
-            ok = [a for a in self.training_attempts()
-                  if self.jobs[a.job].restart_faults < self.args.faults_per_job and all(p.alive() for p in a.procs)]
+            ok = [a for a in self.training_attempts() if a.job not in self.busy
+                  and self.jobs[a.job].restart_faults < self.args.faults_per_job and all(p.alive() for p in a.procs)]
             if not ok:
                 return None
             target = self.rng.choice(ok)
-            self.jobs[target.job].restart_faults += 1  # reserved now: the other injector must not pick it too
+            self.jobs[target.job].restart_faults += 1
+            self.busy.add(target.job)  # reserved: no other injector aims at it until this fault is done
             return target
 
     def snapshot(self, jobs: list[str]) -> tuple[dict, dict]:
@@ -599,18 +601,19 @@ class Chaos:
                     f = self.inject(*item, target)
                 except Exception as e:
                     log(f"injecting {item[0]} failed: {type(e).__name__}: {e}")
-            if f is None:
-                with self.lock:
-                    if item is not None:
-                        deck.insert(0, item)
-                    if target is not None:
-                        self.jobs[target.job].restart_faults -= 1  # nothing hit it: give the reservation back
+            with self.lock:
+                if f is None and item is not None:
+                    deck.insert(0, item)
+                if f is None and target is not None:
+                    self.jobs[target.job].restart_faults -= 1  # nothing hit it: give the reservation back
+                if target is not None:
+                    self.busy.discard(target.job)
             time.sleep(self.rng.uniform(0.5, 1.5) * (self.args.gap if not restarting else 1.0))
 
 
 def build_deck(n: int, rng: random.Random, classes: list[str]) -> list[tuple[str, str]]:
-    share = {"trainer_sigkill": 0.27, "sigterm": 0.10, "node_loss": 0.08, "s3_restart": 0.19,
-             "operator_kill": 0.18, "apiserver_restart": 0.18}
+    share = {"trainer_sigkill": 0.21, "sigterm": 0.08, "node_loss": 0.06, "s3_restart": 0.20,
+             "operator_kill": 0.22, "apiserver_restart": 0.23}
     share = {c: s for c, s in share.items() if c in classes}
     total = sum(share.values())
     counts = {c: max(1, int(n * s / total)) for c, s in share.items()}
@@ -625,11 +628,12 @@ def build_deck(n: int, rng: random.Random, classes: list[str]) -> list[tuple[str
 
 
 def local_files(attempt, ckpt_dir: str) -> int:
-    """Files the attempt's trainers wrote locally for `ckpt_dir` (each node uploads its own)."""
+    """Files the attempt's trainers wrote locally for `ckpt_dir` (each node uploads its own). The
+    trainer may hold a staging copy beside HF's directory: count the largest copy per process."""
     n = 0
     for p in attempt.procs:
-        for d in p.scratch.rglob(ckpt_dir):
-            n += sum(1 for f in d.rglob("*") if f.is_file() and f.name != "_COMMITTED")
+        n += max((sum(1 for f in d.rglob("*") if f.is_file() and f.name != "_COMMITTED")
+                  for d in p.scratch.rglob(ckpt_dir)), default=0)
     return n
 
 
@@ -656,32 +660,33 @@ def worker_pid(pid: int) -> int:
 # -- the report ------------------------------------------------------------------------------------
 def transitions(chaos: Chaos) -> list[dict]:
     """Every restart of every job: the attempt that trained last before it, the fault that ended that
-    attempt (the last one that hit it), the steps redone and the time to the next attempt."""
+    attempt, the steps redone (the last step that attempt logged minus the step the next training
+    attempt resumed from) and the time to the next attempt."""
     out = []
     by_job: dict[str, list[int]] = {}
     for job, attempt in chaos.executor.attempts:
         by_job.setdefault(job, []).append(attempt)
     for job, attempts in by_job.items():
         attempts.sort()
-        high, last_trained = 0, None
+        reached, last_trained = 0, None
         for a in attempts:
             rec = chaos.watch.logs.get((job, a), AttemptLog())
             if last_trained is not None and rec.training:
-                out.append(_transition(chaos, job, last_trained, a, high, rec))
+                out.append(_transition(chaos, job, last_trained, a, reached, rec))
             if rec.training:
-                high, last_trained = max(high, rec.max_step), a
+                reached, last_trained = rec.max_step, a
     return out
 
 
-def _transition(chaos: Chaos, job: str, prev: int, nxt: int, high: int, rec: AttemptLog) -> dict:
+def _transition(chaos: Chaos, job: str, prev: int, nxt: int, reached: int, rec: AttemptLog) -> dict:
     old = chaos.executor.attempts[(job, prev)]
     following = chaos.executor.attempts.get((job, prev + 1)) or chaos.executor.attempts[(job, nxt)]
     ended = old.ended_at() or following.launched_at
     fault = _cause(chaos, job, prev, ended, old)
     return {"job": job, "from_attempt": prev, "to_attempt": nxt, "class": fault.cls if fault else "unattributed",
             "sub": fault.sub if fault else "", "exit_codes": [p.rc for p in old.procs],
-            "high_water_step": high, "resumed_from": rec.resumed_from,
-            "lost_steps": high - (rec.resumed_from or 0), "resume_checked": rec.resume_checked,
+            "reached_step": reached, "resumed_from": rec.resumed_from,
+            "lost_steps": reached - (rec.resumed_from or 0), "resume_checked": rec.resume_checked,
             "next_attempt_s": round(following.launched_at - fault.at, 1) if fault else None,
             "training_again_s": round(rec.first_step_at - fault.at, 1) if fault and rec.first_step_at else None}
 
@@ -796,7 +801,11 @@ def _versions(world: World) -> dict:
     except Exception:
         pass
     try:
-        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout  # noqa: E731
+        out["git"] = git("rev-parse", "--short", "HEAD").strip()
+        # the trainers and the operator run from the working tree: name what differs from HEAD
+        out["git_modified"] = [ln[3:] for ln in git("status", "--porcelain", "--", "trainer-image", "operator",
+                                                    "api").splitlines() if ln[:2].strip()]
     except Exception:
         pass
     return out
@@ -808,7 +817,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=25, help="stop injecting after this long (default 25)")
     p.add_argument("--drain-minutes", type=float, default=6, help="then wait this long for the jobs to finish")
     p.add_argument("--classes", default=",".join(CLASSES), help="comma-separated fault classes")
-    p.add_argument("--concurrency", type=int, default=3, help="SFTJobs running at once (default 3)")
+    p.add_argument("--concurrency", type=int, default=4, help="SFTJobs running at once (default 4)")
     p.add_argument("--nodes", type=int, default=1, help="workers.nodes of each job: processes per gang (default 1)")
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--every-steps", type=int, default=5, help="checkpoints.everySteps")
