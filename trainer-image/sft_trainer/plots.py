@@ -60,7 +60,7 @@ def _draw_golden(ax: Any, series: dict[str, list[tuple[int, float]]], plt: Any) 
         g.plot([s for s, _ in pts], [v for _, v in pts], label=name.replace("/", ": ") + " pass rate", **kw)
     g.set_ylim(-0.02, 1.02)
     g.set_ylabel("golden-set pass rate")
-    g.legend(fontsize=8, loc="upper center")
+    g.legend(fontsize=8, loc="center left")
 
 
 def write_loss_curve(
