@@ -299,6 +299,11 @@ class EvalSpec(_Model):
     sanity_check: Optional[SanityCheckSpec] = Field(
         None, description="The overfit pre-run; unset: the defaults (on for GPU jobs)."
     )
+    min_exact_match_by_task: dict[Annotated[str, Field(min_length=1, max_length=63)], Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Held-out exact-match floor per task_type, measured at the end on the test "
+        "split (up to 50 examples per task; the answer must match and end with end-of-turn); below one the job "
+        "fails with GoldenSetRegression. Needs split.test > 0."
+    )
 
 
 class CheckpointSpec(_Model):

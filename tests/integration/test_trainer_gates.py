@@ -34,6 +34,7 @@ def test_a_regression_set_the_base_model_passes_and_training_destroys_fails_the_
     name = _write_set(tmp_path / "lower.jsonl", lower)
     result = _train(tmp_path, training={"maxSteps": 40, "learningRate": 5e-3},
                     eval={"everySteps": 100, "goldenSet": {"uri": "golden.jsonl", "maxNewTokens": 16},
+                          "minExactMatchByTask": {"upper": 0.0, "reverse": 0.0},
                           "regressionSets": [
                               {"name": "lowercase", "uri": name, "maxNewTokens": 16, "maxRegressionVsBase": 0.1},
                               {"name": "tolerant", "uri": name, "maxNewTokens": 16, "maxRegressionVsBase": 1.0}]},
@@ -47,6 +48,8 @@ def test_a_regression_set_the_base_model_passes_and_training_destroys_fails_the_
     assert result.message.startswith("GoldenSetRegression: regression set 'lowercase' pass rate")
     assert "spec.eval.regressionSets[0].maxRegressionVsBase 10.00%" in result.message
     assert "tolerant" not in result.message  # within its limit: that gate passes
+    # the exact-match floors are measured in a pod too (train() without sftctl run's before/after), and pass
+    assert set(result.exact_match_after) == {"upper", "reverse", "overall"} and "exact match" not in result.message
     report = json.loads((tmp_path / "w" / "result.json").read_text())
     assert report["scored_sets"]["lowercase"]["base"] == 1.0 and "final" in report["scored_sets"]["lowercase"]
 

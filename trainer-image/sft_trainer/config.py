@@ -263,6 +263,11 @@ class ResolvedConfig:
         return dict(self.golden_set.min_pass_rate_by_task) if self.golden_set is not None else {}
 
     @property
+    def min_exact_match_by_task(self) -> dict[str, float]:
+        ev = self.spec.eval
+        return dict(ev.min_exact_match_by_task) if ev is not None else {}
+
+    @property
     def needs_base_scores(self) -> bool:
         """Whether the base model must be scored before training: a gate compares against it."""
         return bool(self.regression_sets) or self.golden_max_regression_vs_base is not None

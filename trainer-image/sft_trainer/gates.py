@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .evaluation import GoldenItem, load_golden, measure_untrained, score_golden
+from .evaluation import GoldenItem, exact_match, load_golden, measure_untrained, score_golden
 from .exit_codes import GOLDEN_REGRESSION, ConfigError
 
 log = logging.getLogger("sft_trainer")
@@ -38,6 +38,8 @@ class ScoredSet:
 
 def load_scored_sets(cfg: Any, inputs: Any) -> list[ScoredSet]:
     """The golden set and the regression sets, parsed (a malformed row is exit 64 naming the field)."""
+    if cfg.min_exact_match_by_task and not inputs.splits.test:
+        raise ConfigError("spec.eval.minExactMatchByTask: needs a test split to measure (spec.split.test > 0)")
     sets = []
     if inputs.golden is not None:
         sets.append(ScoredSet(GOLDEN, inputs.golden, cfg.golden_set.max_new_tokens,
@@ -90,6 +92,10 @@ def score_final(cfg: Any, trainer: Any, inputs: Any, sets: list[ScoredSet], resu
     golden set's come from ``final_evaluation``."""
     if rank != 0 and not cfg.zero3:
         return
+    if cfg.min_exact_match_by_task and result.exact_match_after is None:  # sftctl run measured it already
+        phase("held-out exact match for spec.eval.minExactMatchByTask")
+        result.exact_match_after = exact_match(trainer.model, inputs.tokenizer, inputs.splits.test,
+                                               synced_gpus=cfg.zero3)
     extra = [s for s in sets if s.name != GOLDEN]
     if extra:
         phase("scoring the regression sets: " + ", ".join(s.name for s in extra))
@@ -144,6 +150,13 @@ def gate_failures(cfg: Any, result: Any) -> list[str]:
             elif rate < floor:
                 out.append(f"golden-set pass rate of task_type {task!r} {_pct(rate)} < "
                            f"spec.eval.goldenSet.minPassRateByTask[{task}] {_pct(floor)}")
+    for task, floor in sorted(cfg.min_exact_match_by_task.items()):
+        rate = (result.exact_match_after or {}).get(task)
+        if rate is None:
+            out.append(f"spec.eval.minExactMatchByTask: the test split has no task_type {task!r}")
+        elif rate < floor:
+            out.append(f"held-out exact match of task_type {task!r} {_pct(rate)} < "
+                       f"spec.eval.minExactMatchByTask[{task}] {_pct(floor)}")
     for name, row in result.scored_sets.items():
         limit = row.get("max_regression_vs_base")
         if limit is None or row.get("delta") is None or -row["delta"] <= limit + 1e-12:

@@ -108,3 +108,18 @@ def test_the_evaluation_status_fits_the_status_schema():
     assert parsed.golden_set_by_task == {"upper": 1.0, "reverse": 0.0}
     sanity = judge([2.0, 1.0, float("nan")], factor=0.7, steps=3, examples=4, trained_tokens=10).status()
     assert EvaluationStatus.model_validate({"sanityCheck": sanity}).sanity_check.passed is False
+
+
+@pytest.mark.parametrize("floors, after, code, words", [
+    pytest.param({"upper": 0.5}, {"upper": 0.6, "overall": 0.6}, 0, [], id="exact match above its floor passes"),
+    pytest.param({"upper": 0.5}, {"upper": 0.4, "overall": 0.4}, 65,
+                 ["held-out exact match of task_type 'upper' 40.00% < spec.eval.minExactMatchByTask[upper] 50.00%"],
+                 id="exact match below its floor fails"),
+    pytest.param({"sql": 0.1}, {"upper": 1.0}, 65, ["the test split has no task_type 'sql'"],
+                 id="a floor for a task the test split lacks fails"),
+])
+def test_exact_match_floors(tmp_path, floors, after, code, words):
+    cfg = ResolvedConfig.from_job(make_job(eval={"minExactMatchByTask": floors}), workdir=tmp_path, cuda=False, env={})
+    result = TrainResult(exact_match_after=after)
+    evaluation_gates(cfg, result)
+    assert result.exit_code == code and all(w in result.message for w in words), result.message
