@@ -236,7 +236,9 @@ def _build_one(spec: ImageSpec, base: str, wheels: Path, log) -> BuiltImage:
         return BuiltImage(spec.name, spec.ref, archive, digest, archive.stat().st_size, m["seconds"], True)
     t = time.monotonic()
     args = [("BASE_IMAGE", base), ("WHEELHOUSE", "/wheels"), *spec.build_args]
-    _run(["buildah", *_storage_args(), "bud", "--isolation", "chroot", "--pull=never", "--layers=false",
+    _run(["buildah", *_storage_args(), "bud", "--isolation", "chroot", "--pull=never",
+          # cached layers: the dependency layer (pyproject.toml only) survives edits of the sources
+          "--layers",
           "--format", "docker", "-f", spec.dockerfile, *[f"--build-arg={k}={v}" for k, v in args],
           "-v", f"{wheels}:/wheels:ro", "-t", f"localhost/{spec.ref}", "."],
          f"buildah bud {spec.dockerfile}", log, cwd=REPO_ROOT)
