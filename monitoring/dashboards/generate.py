@@ -129,6 +129,9 @@ def build() -> dict:
                         q(f"sum by (reason) (sftoperator_restarts_total{{{JOB}}})", "{{reason}}"), w=8).min(0))
          .with_panel(ts("Gradient norm", "Global gradient norm before clipping. Spikes often precede a loss blow-up.", "none",
                         q(f"sftjob_grad_norm{{{JOB}}}", "grad norm"), w=8))
+         .with_panel(ts("Golden-set pass rate per task_type",
+                        "Golden-set pass rate at each scored checkpoint (eval.goldenSet.everyCheckpoints) and at the end. A fall of more than eval.goldenSet.maxDrop from the best checkpoint stops training.",
+                        "percentunit", q(f"sftjob_golden_pass_ratio{{{JOB}}}", "{{task_type}}"), w=8).min(0).max(1))
          )
     d = d.with_row(gdash.Row("Fleet"))
     d = (d
