@@ -683,7 +683,9 @@ def _transition(chaos: Chaos, job: str, prev: int, nxt: int, reached: int, rec: 
     following = chaos.executor.attempts.get((job, prev + 1)) or chaos.executor.attempts[(job, nxt)]
     ended = old.ended_at() or following.launched_at
     fault = _cause(chaos, job, prev, ended, old)
+    error = _error_line("\n".join(_tail(p.log, 60) for p in old.procs))
     return {"job": job, "from_attempt": prev, "to_attempt": nxt, "class": fault.cls if fault else "unattributed",
+            "error": error,
             "sub": fault.sub if fault else "", "exit_codes": [p.rc for p in old.procs],
             "reached_step": reached, "resumed_from": rec.resumed_from,
             "lost_steps": reached - (rec.resumed_from or 0), "resume_checked": rec.resume_checked,
@@ -692,17 +694,33 @@ def _transition(chaos: Chaos, job: str, prev: int, nxt: int, reached: int, rec: 
 
 
 def _cause(chaos: Chaos, job: str, attempt: int, ended: float, old) -> Fault | None:
-    """The fault that ended an attempt: the one aimed at its trainers, else the S3 restart when the
-    trainer died of a connection error to S3, else the last cluster fault before it ended."""
+    """The fault that ended an attempt: the one aimed at its trainers; else an S3 restart when the
+    trainer died of a connection error to S3; else, when the trainer died of some other error of its
+    own, none (it is reported, not blamed on a fault); else the last cluster fault before it ended."""
     hits = [f for f in chaos.faults if job in f.jobs and f.attempts.get(job) == attempt and f.at <= ended + 1.0]
     aimed = [f for f in hits if f.cls in RESTARTING]
     if aimed:
         return aimed[-1]
-    tail = "".join(_tail(p.log, 40) for p in old.procs)
+    error = _error_line("\n".join(_tail(p.log, 60) for p in old.procs))
     s3 = [f for f in hits if f.cls == "s3_restart"]
-    if s3 and ("EndpointConnectionError" in tail or "Could not connect to the endpoint" in tail):
-        return s3[-1]
+    if error and _s3_connection(error):
+        return s3[-1] if s3 else None
+    if error:
+        return None
     return hits[-1] if hits else None
+
+
+ERROR_RE = re.compile(r"^(\w+(?:Error|Exception|Failed)\w*): .*$", re.M)
+
+
+def _error_line(text: str) -> str | None:
+    """The last exception line ("SomeError: message") of a trainer's log."""
+    found = [m.group(0) for m in ERROR_RE.finditer(text)]
+    return found[-1][:300] if found else None
+
+
+def _s3_connection(error: str) -> bool:
+    return "EndpointConnectionError" in error or "Could not connect to the endpoint" in error
 
 
 def _tail(path: Path, n: int) -> str:
@@ -713,30 +731,9 @@ def _tail(path: Path, n: int) -> str:
 
 
 def report(chaos: Chaos, args: argparse.Namespace, started: float, world: World) -> dict:
-    trans = transitions(chaos)
     jobs = list(chaos.jobs.values())
-    by_class = {}
-    for cls in [c for c in CLASSES if c in args.classes] + ["unattributed"]:
-        fs = [f for f in chaos.faults if f.cls == cls]
-        ts = [t for t in trans if t["class"] == cls]
-        hit = [j for j in jobs if any(f.cls == cls for f in j.faults)]
-        if cls == "unattributed" and not ts:
-            continue
-        waits = sorted(t["next_attempt_s"] for t in ts if t["next_attempt_s"] is not None)
-        again = sorted(t["training_again_s"] for t in ts if t["training_again_s"] is not None)
-        by_class[cls] = {
-            "faults": len(fs),
-            "by_moment": _count(f.sub for f in fs),
-            "restarts_caused": len(ts),
-            "jobs_hit": len(hit),
-            "jobs_finished_correctly": sum(j.outcome == "correct" for j in hit),
-            "partial_checkpoints_used": sum(1 for t in ts if (t["resume_checked"] or "").startswith("partial")),
-            "max_lost_steps": max((t["lost_steps"] for t in ts), default=0),
-            "time_to_next_attempt_s": _spread(waits),
-            "time_to_training_again_s": _spread(again),
-        }
     resumes = [r for r in chaos.watch.logs.values() if r.resumed_from is not None]
-    return {
+    result = {
         "benchmark": "chaos",
         "faults_total": len(chaos.faults),
         "partial_checkpoints_used": sum(1 for r in resumes if (r.resume_checked or "").startswith("partial")),
@@ -744,12 +741,12 @@ def report(chaos: Chaos, args: argparse.Namespace, started: float, world: World)
         "resumes_unchecked": sum(1 for r in resumes if r.resume_checked is None),
         "duplicate_gangs": len(chaos.watch.duplicates),
         "duplicate_gang_detail": chaos.watch.duplicate_detail,
-        "max_lost_steps": max((t["lost_steps"] for t in trans), default=0),
+        "max_lost_steps": 0,
         "every_steps": args.every_steps,
         "jobs": {"total": len(jobs), "finished_correctly": sum(j.outcome == "correct" for j in jobs),
                  "outcomes": {j.name: j.outcome for j in jobs}},
-        "by_class": by_class,
-        "restarts": trans,
+        "by_class": {},
+        "restarts": transitions(chaos),
         "faults": [{"class": f.cls, "sub": f.sub, "at_s": round(f.at - started, 1), "jobs": f.jobs,
                     "attempts": f.attempts, "steps": f.steps, "detail": f.detail} for f in chaos.faults],
         "config": {k: v for k, v in vars(args).items() if k != "out"},
@@ -760,6 +757,50 @@ def report(chaos: Chaos, args: argparse.Namespace, started: float, world: World)
         "executor_errors": chaos.executor.errors[-20:],
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    summarize(result)
+    return result
+
+
+def summarize(result: dict) -> None:
+    """`by_class` and `max_lost_steps` from the run's `faults`, `restarts` and job outcomes."""
+    faults, trans, outcomes = result["faults"], result["restarts"], result["jobs"]["outcomes"]
+    by_class = {}
+    for cls in [c for c in CLASSES if c in result["config"]["classes"]] + ["unattributed"]:
+        fs = [f for f in faults if f["class"] == cls]
+        ts = [t for t in trans if t["class"] == cls]
+        if cls == "unattributed" and not ts:
+            continue
+        hit = {j for f in fs for j in f["jobs"]}
+        waits = sorted(t["next_attempt_s"] for t in ts if t["next_attempt_s"] is not None)
+        again = sorted(t["training_again_s"] for t in ts if t["training_again_s"] is not None)
+        by_class[cls] = {
+            "faults": len(fs),
+            "by_moment": _count(f["sub"] for f in fs),
+            "restarts_caused": len(ts),
+            "jobs_hit": len(hit),
+            "jobs_finished_correctly": sum(outcomes.get(j) == "correct" for j in hit),
+            "partial_checkpoints_used": sum(1 for t in ts if (t["resume_checked"] or "").startswith("partial")),
+            "max_lost_steps": max((t["lost_steps"] for t in ts), default=0),
+            "time_to_next_attempt_s": _spread(waits),
+            "time_to_training_again_s": _spread(again),
+        }
+    result["by_class"] = by_class
+    result["max_lost_steps"] = max((t["lost_steps"] for t in trans), default=0)
+
+
+def rescore(path: Path) -> dict:
+    """Apply today's attribution rule to a finished run (its chaos.json and the trainers' logs in its
+    --work-dir): a restart after a cluster fault whose trainer died of an error of its own, not of a
+    connection error to S3, is `unattributed`. Then recompute the summary."""
+    result = json.loads(path.read_text())
+    pods = Path(result["config"]["work_dir"]) / "pods"
+    for t in result["restarts"]:
+        logs = sorted((pods / f"{t['job']}-a{t['from_attempt']}").glob("rank*.log"))
+        t["error"] = _error_line("\n".join(_tail(p, 60) for p in logs))
+        if t["class"] not in RESTARTING and t["error"] and not _s3_connection(t["error"]):
+            t.update({"class": "unattributed", "sub": "", "next_attempt_s": None, "training_again_s": None})
+    summarize(result)
+    return result
 
 
 def _spread(values: list[float]) -> dict:
@@ -830,6 +871,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "chaos.json")
     p.add_argument("--work-dir", type=Path, default=None, help="keep logs here (default: a temporary directory)")
+    p.add_argument("--rescore", type=Path, default=None,
+                   help="recompute the summary of a finished run's chaos.json from its work dir's logs, then exit")
     a = p.parse_args(argv)
     a.classes = [c.strip() for c in a.classes.split(",") if c.strip()]
     unknown = set(a.classes) - set(CLASSES)
@@ -840,6 +883,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rescore:
+        result = rescore(args.rescore)
+        args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        log(f"rescored {args.rescore} into {args.out}")
+        return 0
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="sft-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     log(f"work dir {work}")
