@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sft_e2e_helpers import cond, sftjob_manifest
 
 
@@ -114,13 +115,18 @@ def test_max_restarts_exhausted(operator, sft, kwok_pods):
     assert sft.jobs(name, 3) == []  # no further attempt
 
 
-def test_non_retryable_exit_code_fails_at_once(operator, sft, kwok_pods):
-    name = "topology"
+@pytest.mark.parametrize("code,reason", [
+    pytest.param(66, "TopologyMismatch", id="topology-mismatch"),
+    pytest.param(65, "GoldenSetRegression", id="golden-set-regression"),
+    pytest.param(67, "SanityCheckFailed", id="sanity-check-failed"),
+])
+def test_non_retryable_exit_code_fails_at_once(operator, sft, kwok_pods, code, reason):
+    name = f"nonretry-{code}"
     sft.apply(sftjob_manifest(name, nodes=2, gpus=1))
     pods = sft.running_pods(name, 1, 2)
-    kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=66, wait=False)
+    kwok_pods.fail(sft.ns, pods[0].metadata.name, exit_code=code, wait=False)
     st = sft.wait_phase(name, "Failed", 30)
-    assert cond(st, "Failed")["reason"] == "TopologyMismatch"
+    assert cond(st, "Failed")["reason"] == reason
     assert st["restarts"] == 0 and st["attempt"] == 1
     time.sleep(2)
     assert sft.jobs(name, 2) == []
