@@ -15,9 +15,11 @@ import datetime as _dt
 import logging
 import os
 import re
+import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,6 +27,7 @@ from transformers import TrainerCallback
 
 from . import phases
 from .checkpoint_store import CheckpointError, CheckpointStore
+from .checkpoint_upload import SNAPSHOT_DIR, BackgroundJob, snapshot, upload_mode
 from .metrics import OVERALL_TASK, TrainerMetrics, model_flops_per_token, mfu, peak_flops_for
 from .progress import LogReporter, ProgressReporter, format_line
 
@@ -187,6 +190,28 @@ class CommitFailed(CheckpointError):
     """A checkpoint could not be committed on some rank; every rank raises it (exit 1, retryable)."""
 
 
+def _job_result(job: BackgroundJob | None, empty: Any) -> tuple[Any, str | None]:
+    """The (value, error) that a commit or upload job's ``_attempt`` returned; ``(empty, None)`` without a job."""
+    if job is None:
+        return empty, None
+    out, error = job.wait()
+    if out is None:  # the job itself raised (a bug, not an upload error): report it like one
+        return empty, error
+    value, error = out
+    return (empty if value is None else value), error
+
+
+@dataclass
+class _PendingCommit:
+    """A checkpoint whose upload is in flight: committed by ``CheckpointCommitCallback._finish``."""
+
+    step: int
+    t0: float  # when the step end decided to save
+    metrics: dict[str, Any]  # the manifest's metrics, taken at the save
+    job: BackgroundJob | None  # None on a rank with nothing to upload (not a node's local rank 0)
+    blocked: float  # training time spent on this checkpoint so far
+
+
 class CheckpointCommitCallback(TrainerCallback):
     """Commit each checkpoint the trainer writes to the store, then apply retention.
 
@@ -204,6 +229,7 @@ class CheckpointCommitCallback(TrainerCallback):
         best_metric: str = "eval_loss",
         greater_is_better: bool = False,
         attempts: int = 3,
+        background: bool = False,
     ):
         self.store = store
         self.keep = keep
@@ -212,12 +238,26 @@ class CheckpointCommitCallback(TrainerCallback):
         self.best_metric = best_metric
         self.greater_is_better = greater_is_better
         self.attempts = max(1, attempts)
+        # background: upload while training continues (checkpoint_upload.py); False: on_save
+        # returns only once the checkpoint is committed (the benchmark's baseline, and the unit tests)
+        self.background = background
         self.last_commit: dict[str, Any] | None = None
+        self.blocked_seconds: list[float] = []  # per committed checkpoint: training time spent on it
         self._t0: float | None = None
+        self._pending: _PendingCommit | None = None
+        self._housekeeping: BackgroundJob | None = None  # rank 0's retention after a distributed commit
 
     # Save time = from the step end that decided to save (after any evaluation) to the commit.
     def on_step_end(self, args, state, control, **kwargs):
+        if self._pending is not None:
+            self._finish(state, wait=False)  # commits the upload in flight once every rank's part is done
         self._t0 = time.monotonic() if control.should_save else None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # also the SIGTERM path: the trainer stops after the save, and the process exits only once
+        # that checkpoint is committed
+        self._finish(state, wait=True)
+        self._wait_housekeeping()
 
     def on_evaluate(self, args, state, control, **kwargs):
         if self._t0 is not None:
@@ -260,9 +300,12 @@ class CheckpointCommitCallback(TrainerCallback):
                 time.sleep(2.0 * (i + 1))
 
     def on_save(self, args, state, control, **kwargs):
+        if self.background:
+            return self._save_in_background(args, state)
         step = state.global_step
         local_dir = Path(args.output_dir) / f"checkpoint-{step}"
-        t0 = self._t0 if self._t0 is not None else time.monotonic()
+        entered = time.monotonic()
+        t0 = self._t0 if self._t0 is not None else entered
         dist = _dist()
         phases.enter("checkpointing")
         if dist is None:
@@ -275,7 +318,8 @@ class CheckpointCommitCallback(TrainerCallback):
         else:
             uri = self._commit_distributed(dist, state, local_dir, step)
         if state.is_world_process_zero:
-            self._after_commit(step, uri, time.monotonic() - t0)
+            self._report_commit(step, uri, time.monotonic() - t0, time.monotonic() - entered)
+            self._retention()
         self._t0 = None
         phases.enter("training")
 
@@ -322,18 +366,123 @@ class CheckpointCommitCallback(TrainerCallback):
         self._agree(dist, step, "marker", None, error)
         return uri
 
-    def _after_commit(self, step: int, uri: str | None, seconds: float) -> None:
+    def _report_commit(self, step: int, uri: str | None, seconds: float, blocked: float) -> None:
         saved_at = _utcnow()
-        self.last_commit = {"step": step, "uri": uri, "savedAt": saved_at, "seconds": seconds}
-        log.info("committed checkpoint %d to %s in %.1fs", step, uri, seconds)
+        self.last_commit = {"step": step, "uri": uri, "savedAt": saved_at, "seconds": seconds,
+                            "blockedSeconds": blocked}
+        self.blocked_seconds.append(blocked)
+        log.info("committed checkpoint %d to %s in %.1fs (training blocked %.3fs)", step, uri, seconds, blocked)
         if self.metrics is not None:
             self.metrics.observe_checkpoint(step, seconds)
         if self.reporter is not None:
             self.reporter.report({"checkpoint": {"step": step, "uri": uri, "savedAt": saved_at}})
+
+    def _retention(self) -> None:
         try:
             self.store.apply_retention(self.keep, self.best_metric, self.greater_is_better)
         except OSError as e:  # retention is housekeeping: never lose the run over it
             log.warning("checkpoint retention failed: %s", e)
+
+    # -------------------------------------------------------------- in the background
+    def _save_in_background(self, args, state):
+        """Wait for the previous commit, snapshot this checkpoint, start its upload, return to training."""
+        step, entered = state.global_step, time.monotonic()
+        t0 = self._t0 if self._t0 is not None else entered
+        self._t0 = None
+        dist = _dist()
+        if dist is None and not state.is_world_process_zero:
+            return
+        phases.enter("checkpointing")
+        self._finish(state, wait=True)  # at most one upload in flight
+        resumed = time.monotonic()  # what follows is this checkpoint's blocked time
+        self._wait_housekeeping()  # retention never runs beside an upload
+        local_dir = Path(args.output_dir) / f"checkpoint-{step}"
+        snap_dir = Path(args.output_dir) / SNAPSHOT_DIR / f"checkpoint-{step}"
+        metrics = self.checkpoint_metrics(state.log_history, step)  # as of this step, not the commit's
+        if dist is None:
+            job = BackgroundJob(f"commit of checkpoint {step}", self._commit_job, snapshot(local_dir, snap_dir),
+                                step, metrics)
+        else:
+            job = self._start_distributed(dist, state, local_dir, snap_dir, step)
+        self._pending = _PendingCommit(step, t0, metrics, job, time.monotonic() - resumed)
+        phases.enter("training")
+
+    def _commit_job(self, snap_dir: Path, step: int, metrics: dict[str, Any]) -> tuple[str | None, str | None]:
+        """On the upload thread (one process): the whole commit, then retention: (uri, error)."""
+        try:
+            uri, error = self._attempt(f"commit of step {step}", self.store.commit, snap_dir, step, metrics)
+            if error is None:
+                self._retention()
+            return uri, error
+        finally:
+            shutil.rmtree(snap_dir, ignore_errors=True)
+
+    def _upload_job(self, snap_dir: Path, step: int) -> tuple[Any, str | None]:
+        """On the upload thread (several processes): this node's files only: (entries, error)."""
+        try:
+            return self._attempt(f"upload of step {step}", self.store.upload, snap_dir, step)
+        finally:
+            shutil.rmtree(snap_dir, ignore_errors=True)
+
+    def _start_distributed(self, dist, state, local_dir: Path, snap_dir: Path, step: int) -> BackgroundJob | None:
+        """Rank 0 prepares the step's directory (a few small requests) before any node uploads into it;
+        then each node's local rank 0 starts uploading its part."""
+        dist.barrier()  # every rank has finished writing its part of the checkpoint
+        error = None
+        if state.is_world_process_zero:
+            _, error = self._attempt(f"preparing checkpoint {step}", self.store.begin, step)
+        self._agree(dist, step, "begin", None, error)
+        if state.is_local_process_zero and local_dir.is_dir():
+            return BackgroundJob(f"upload of checkpoint {step}", self._upload_job, snapshot(local_dir, snap_dir), step)
+        return None
+
+    def _finish(self, state, *, wait: bool) -> None:
+        """Commit the checkpoint in flight if its upload is done on every rank (or, with ``wait``, once it is).
+
+        Every rank calls this at the same points (each step end while a commit is pending, each save,
+        the train end), so the collectives below match on all of them; the upload thread itself never
+        runs a collective."""
+        p = self._pending
+        if p is None:
+            return
+        entered = time.monotonic()
+        dist = _dist()
+        done = wait or (p.job is None or p.job.done())
+        if not wait and dist is not None:
+            done = not any_rank(not done)  # all ranks' parts are uploaded
+        if not done:
+            p.blocked += time.monotonic() - entered
+            return
+        self._pending = None
+        if dist is None:
+            uri, error = _job_result(p.job, None)
+            if error:
+                raise CommitFailed(f"commit of checkpoint {p.step} failed ({error}); "
+                                   f"the previous committed checkpoint stays the latest")
+        else:
+            uri = self._finish_distributed(dist, state, p)
+        p.blocked += time.monotonic() - entered
+        if state.is_world_process_zero:
+            self._report_commit(p.step, uri, time.monotonic() - p.t0, p.blocked)
+            if dist is not None:
+                self._housekeeping = BackgroundJob("checkpoint retention", self._retention)
+
+    def _finish_distributed(self, dist, state, p: "_PendingCommit") -> str | None:
+        """Gather every node's file list (or error), then rank 0 writes the marker: as ``_commit_distributed``."""
+        entries, error = _job_result(p.job, [])
+        parts = self._agree(dist, p.step, "upload", entries or [], error)
+        uri, error = None, None
+        if state.is_world_process_zero:
+            merged = [e for part in parts for e in part]
+            uri, error = self._attempt(f"commit marker of step {p.step}", self.store.write_marker, p.step, merged,
+                                       p.metrics)
+        self._agree(dist, p.step, "marker", None, error)
+        return uri
+
+    def _wait_housekeeping(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.wait()
+            self._housekeeping = None
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -571,7 +720,8 @@ def build_callbacks(
     )
     cbs.append(prom)
     if store is not None:
-        cbs.append(CheckpointCommitCallback(store, keep, metrics=prom.metrics, reporter=reporter))
+        cbs.append(CheckpointCommitCallback(store, keep, metrics=prom.metrics, reporter=reporter,
+                                            background=upload_mode() == "background"))
     # after the metrics callback in the list: its MFU for this log is computed first
     cbs.append(ProgressCallback(reporter, min_interval_s=progress_interval_s, mfu_source=prom))
     return cbs
