@@ -64,6 +64,7 @@ class CondType(_Str):
     FAILED = "Failed"
     STALLED = "Stalled"
     PREFLIGHT = "Preflight"  # the CPU-only data and template check before the gang
+    SANITY_CHECK = "SanityCheck"  # the trainer's overfit pre-run (spec.eval.sanityCheck)
     CHILD_CREATE_FAILED = "ChildCreateFailed"  # the apiserver refused a child (quota, admission, webhook)
 
 
@@ -97,6 +98,7 @@ class Reason(_Str):
     DATA_ERROR = "DataError"
     GOLDEN_SET_REGRESSION = "GoldenSetRegression"
     SANITY_CHECK_FAILED = "SanityCheckFailed"
+    SANITY_CHECK_PASSED = "SanityCheckPassed"
     TOPOLOGY_MISMATCH = "TopologyMismatch"
     MAX_RESTARTS = "MaxRestartsExceeded"
     MAX_PREEMPTIONS = "MaxPreemptionsExceeded"

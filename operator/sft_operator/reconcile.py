@@ -214,6 +214,8 @@ def reconcile(
 def _run(p: _Pass) -> None:
     # Record which generation of the spec this pass acted on.
     _observe_generation(p)
+    # The trainer's sanity pre-run verdict becomes a condition and, once, an Event.
+    _report_sanity_check(p)
     # A finished job keeps no gang running and waits only for its TTL.
     if p.phase in (Phase.SUCCEEDED, Phase.FAILED):
         return _finished(p)
@@ -246,6 +248,17 @@ def _observe_generation(p: _Pass) -> None:
     gen = p.meta.get("generation")
     if gen is not None:
         p.st["observedGeneration"] = gen
+
+
+def _report_sanity_check(p: _Pass) -> None:
+    check = ((p.body.get("status") or {}).get("evaluation") or {}).get("sanityCheck") or {}
+    if check.get("passed") is None:
+        return
+    passed = bool(check["passed"])
+    reason = Reason.SANITY_CHECK_PASSED if passed else Reason.SANITY_CHECK_FAILED
+    message = check.get("message") or f"sanity check {'passed' if passed else 'failed'}"
+    if p.cond(CondType.SANITY_CHECK, passed, reason, message):
+        p.event("Normal" if passed else "Warning", reason, message)
 
 
 def _guard_invalid(p: _Pass) -> bool:

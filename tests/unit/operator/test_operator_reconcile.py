@@ -404,3 +404,27 @@ def test_running_gang_does_not_flap_to_pending():
     body = sftjob(status=running_status())
     r = run(body, obs([kjob(active=2)], [pod(index=0), pod(index=1, phase="Running", deleting=True)]))
     assert r.status["phase"] == "Running" and r.status_patch == {} and r.events == []
+
+
+# --- the trainer's sanity pre-run -----------------------------------------------------------------
+
+@pytest.mark.parametrize("passed,reason,event_type", [
+    pytest.param(True, "SanityCheckPassed", "Normal", id="passed-is-a-normal-event"),
+    pytest.param(False, "SanityCheckFailed", "Warning", id="failed-is-a-warning-event"),
+])
+def test_sanity_check_verdict_becomes_a_condition_and_one_event(passed, reason, event_type):
+    message = "sanity check passed: the loss went from 4.69 (step 1) to 1.86" if passed else \
+        "SanityCheckFailed: the loss rose: the loss went from 4.59 (step 1) to 26.8"
+    status = running_status(evaluation={"sanityCheck": {"passed": passed, "firstLoss": 4.6, "message": message}})
+    body = sftjob(status=status)
+    r = run(body, both_running())
+    c = cond(r, "SanityCheck")
+    assert c["status"] == ("True" if passed else "False") and c["reason"] == reason and c["message"] == message
+    assert [(e.type, e.reason) for e in r.events if e.reason.startswith("SanityCheck")] == [(event_type, reason)]
+    r2 = run(applied(body, r), both_running(), 1)
+    assert [e for e in r2.events if e.reason.startswith("SanityCheck")] == []
+
+
+def test_no_sanity_condition_before_the_trainer_reports_one():
+    r = run(sftjob(status=running_status()), both_running())
+    assert cond(r, "SanityCheck") is None
