@@ -37,6 +37,9 @@ NAMESPACE = "kueue-system"
 WEBHOOK_PREFIX = "sft-dev-kueue-"
 # Kueue's own objects and the batch/v1 Job integration; the other integrations are not enabled.
 WEBHOOKS = {f"{p}{k}.kb.io" for p in "mv" for k in ("clusterqueue", "cohort", "resourceflavor", "workload", "job")}
+# Without internal cert management Kueue v0.17 reads its metrics server's certificate from this fixed
+# path (cmd/kueue/main.go); the dev cluster puts a self-signed pair there if none is there yet.
+METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 
 
 class KueueError(RuntimeError):
@@ -97,6 +100,20 @@ class Kueue:
             if p.returncode != 0:
                 raise KueueError(f"openssl {args[0]} for Kueue's webhook certificate failed: {p.stderr[-500:]}")
 
+    def _write_metrics_cert(self) -> None:
+        if (METRICS_CERT_DIR / "tls.crt").exists() and (METRICS_CERT_DIR / "tls.key").exists():
+            return
+        try:
+            METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise KueueError(f"Kueue reads its metrics certificate from {METRICS_CERT_DIR} (fixed in v0.17 "
+                             f"without internal cert management), which cannot be created: {e}") from e
+        p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+                            "-keyout", "tls.key", "-out", "tls.crt", "-subj", "/CN=kueue-metrics",
+                            "-addext", "subjectAltName=IP:127.0.0.1"], cwd=METRICS_CERT_DIR, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise KueueError(f"openssl for Kueue's metrics certificate failed: {p.stderr[-500:]}")
+
     def _write_config(self, ports: dict) -> None:
         config = {
             "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
@@ -146,6 +163,7 @@ class Kueue:
         self.dir.mkdir(parents=True, exist_ok=True)
         ports = dict(zip(("webhook", "health", "metrics"), _free_ports(3)))
         self._write_cert()
+        self._write_metrics_cert()
         self._write_config(ports)
         self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir()))
         self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd_dir()))
