@@ -330,6 +330,7 @@ class Chaos:
         self.lost_nodes: list[tuple[float, str]] = []
         self.lock = threading.RLock()
         self.busy: set[str] = set()  # jobs an injector is aiming at
+        self.hit: set[tuple[str, int]] = set()  # attempts an aimed fault has hit
 
     # -- jobs ---------------------------------------------------------------------------------
     def manifest(self, name: str) -> dict:
@@ -412,13 +413,14 @@ class Chaos:
 
     def restart_target(self):
         with self.lock:
-            ok = [a for a in self.training_attempts() if a.job not in self.busy
+            ok = [a for a in self.training_attempts() if a.job not in self.busy and (a.job, a.attempt) not in self.hit
                   and self.jobs[a.job].restart_faults < self.args.faults_per_job and all(p.alive() for p in a.procs)]
             if not ok:
                 return None
             target = self.rng.choice(ok)
             self.jobs[target.job].restart_faults += 1
             self.busy.add(target.job)  # reserved: no other injector aims at it until this fault is done
+            self.hit.add((target.job, target.attempt))  # one aimed fault per attempt (it may take a moment to die)
             return target
 
     def snapshot(self, jobs: list[str]) -> tuple[dict, dict]:
@@ -606,6 +608,7 @@ class Chaos:
                     deck.insert(0, item)
                 if f is None and target is not None:
                     self.jobs[target.job].restart_faults -= 1  # nothing hit it: give the reservation back
+                    self.hit.discard((target.job, target.attempt))
                 if target is not None:
                     self.busy.discard(target.job)
             time.sleep(self.rng.uniform(0.5, 1.5) * (self.args.gap if not restarting else 1.0))
@@ -700,7 +703,7 @@ def _cause(chaos: Chaos, job: str, attempt: int, ended: float, old) -> Fault | N
     hits = [f for f in chaos.faults if job in f.jobs and f.attempts.get(job) == attempt and f.at <= ended + 1.0]
     aimed = [f for f in hits if f.cls in RESTARTING]
     if aimed:
-        return aimed[-1]
+        return _matching(aimed, [p.rc for p in old.procs], lambda f: f.cls)
     error = _error_line("\n".join(_tail(p.log, 60) for p in old.procs))
     s3 = [f for f in hits if f.cls == "s3_restart"]
     if error and _s3_connection(error):
@@ -717,6 +720,13 @@ def _error_line(text: str) -> str | None:
     """The last exception line ("SomeError: message") of a trainer's log."""
     found = [m.group(0) for m in ERROR_RE.finditer(text)]
     return found[-1][:300] if found else None
+
+
+def _matching(aimed: list, exit_codes: list, cls_of):
+    """Of several faults aimed at one attempt, the one its exit codes show: 75 after SIGTERM, 137 after
+    a SIGKILL or a lost node; else the first."""
+    want = {"sigterm"} if 75 in exit_codes else {"trainer_sigkill", "node_loss"} if 137 in exit_codes else set()
+    return next((f for f in aimed if cls_of(f) in want), aimed[0])
 
 
 def _s3_connection(error: str) -> bool:
@@ -789,15 +799,21 @@ def summarize(result: dict) -> None:
 
 
 def rescore(path: Path) -> dict:
-    """Apply today's attribution rule to a finished run (its chaos.json and the trainers' logs in its
-    --work-dir): a restart after a cluster fault whose trainer died of an error of its own, not of a
-    connection error to S3, is `unattributed`. Then recompute the summary."""
+    """Apply today's attribution rules to a finished run (its chaos.json and the trainers' logs in its
+    --work-dir): of several faults aimed at one attempt, the one its exit codes show; a restart after a
+    cluster fault whose trainer died of an error of its own, not of a connection error to S3, is
+    `unattributed`. Then recompute the summary."""
     result = json.loads(path.read_text())
     pods = Path(result["config"]["work_dir"]) / "pods"
     for t in result["restarts"]:
         logs = sorted((pods / f"{t['job']}-a{t['from_attempt']}").glob("rank*.log"))
         t["error"] = _error_line("\n".join(_tail(p, 60) for p in logs))
-        if t["class"] not in RESTARTING and t["error"] and not _s3_connection(t["error"]):
+        aimed = [f for f in result["faults"] if f["class"] in RESTARTING and t["job"] in f["jobs"]
+                 and f["attempts"].get(t["job"]) == t["from_attempt"]]
+        if aimed:
+            f = _matching(aimed, t["exit_codes"], lambda f: f["class"])
+            t.update({"class": f["class"], "sub": f["sub"]})
+        elif t["class"] not in RESTARTING and t["error"] and not _s3_connection(t["error"]):
             t.update({"class": "unattributed", "sub": "", "next_attempt_s": None, "training_again_s": None})
     summarize(result)
     return result
