@@ -294,10 +294,11 @@ def s3_bucket(s3, request):
 # -- Kueue -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kueue(dev_cluster):
     """Kueue (sft_dev.kueue) running against the session's dev cluster: its CRDs, the manager and its
-    webhooks on 127.0.0.1. Stopped (webhooks deleted first) at the end of the session."""
+    webhooks on 127.0.0.1. Per module: stopped (webhooks deleted first) after the module, so that the
+    other tests' queue-labelled Jobs are not Kueue's to admit."""
     from sft_dev.build import BuildError
     from sft_dev.cluster import DevCluster
     from sft_dev.kueue import Kueue, KueueError
