@@ -34,6 +34,7 @@ LABEL_SPEC_HASH = f"{GROUP}/spec-hash"  # the spec hash the preflight checks
 PREFLIGHT_COMPONENT = "preflight"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"  # a Kueue WorkloadPriorityClass
+TAS_ANNOTATION_PREFIX = "kueue.x-k8s.io/podset-"  # Kueue's topology-aware scheduling requests
 FINALIZER = f"{GROUP}/operator"
 TIME_BUDGET_ANNOTATION = f"{GROUP}/max-train-seconds"
 

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import yaml
 from sft_api.contract import (GROUP, KIND, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB, LABEL_SPEC_HASH, PLURAL,
-                              PREFLIGHT_COMPONENT, PRIORITY_CLASS_LABEL, QUEUE_LABEL, VERSION)
+                              PREFLIGHT_COMPONENT, PRIORITY_CLASS_LABEL, QUEUE_LABEL, TAS_ANNOTATION_PREFIX,
+                              VERSION)
 
 from .conditions import NON_RETRYABLE_EXIT_CODES
 from .rbac import trainer_rules
@@ -270,6 +271,14 @@ def kueue_labels(body: Mapping, settings: OperatorSettings) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
+def topology_annotations(body: Mapping) -> dict:
+    """Kueue's topology-aware scheduling requests (``kueue.x-k8s.io/podset-*``) from the SFTJob's
+    annotations onto the gang's pod template, the one PodSet of the Job, where Kueue reads them."""
+    ann = {k: v for k, v in ((body.get("metadata") or {}).get("annotations") or {}).items()
+           if k.startswith(TAS_ANNOTATION_PREFIX)}
+    return {"annotations": ann} if ann else {}
+
+
 def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, settings: OperatorSettings, owners: list[dict]) -> dict:
     workers = spec.get("workers") or {}
     nodes = int(workers.get("nodes") or 1)
@@ -344,7 +353,7 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
             },
             # Kueue admits the Job by unsuspending it.
             "suspend": bool(queue),
-            "template": {"metadata": {"labels": dict(lbls)}, "spec": pod_spec},
+            "template": {"metadata": {"labels": dict(lbls), **topology_annotations(body)}, "spec": pod_spec},
         },
     }
 

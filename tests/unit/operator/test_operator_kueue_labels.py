@@ -38,3 +38,13 @@ def test_default_queue_from_the_environment(monkeypatch):
     assert OperatorSettings.from_env().default_queue_name == "shared"
     monkeypatch.setenv("SFT_DEFAULT_QUEUE_NAME", "")
     assert OperatorSettings.from_env().default_queue_name is None
+
+
+def test_topology_annotations_reach_the_gangs_pod_template():
+    body = sftjob(annotations={"kueue.x-k8s.io/podset-required-topology": "cloud.provider.com/topology-rack",
+                               "sft.dev/max-train-seconds": "60"})
+    job = next(o for o in render(body, settings=S) if o["kind"] == "Job")
+    assert job["spec"]["template"]["metadata"]["annotations"] == {
+        "kueue.x-k8s.io/podset-required-topology": "cloud.provider.com/topology-rack"}
+    plain = next(o for o in render(sftjob(), settings=S) if o["kind"] == "Job")
+    assert "annotations" not in plain["spec"]["template"]["metadata"]
