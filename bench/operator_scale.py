@@ -129,6 +129,64 @@ class Recorder(threading.Thread):
                 time.sleep(0.2)
 
 
+def _samples(text: str, name: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    """Sum of a Prometheus text metric's samples by the given labels."""
+    import re
+
+    out: dict[tuple[str, ...], float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        got = dict(re.findall(r'(\w+)="([^"]*)"', head))
+        key = tuple(got.get(k, "") for k in labels)
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def _delta(after: dict, before: dict, per: int) -> dict[str, float]:
+    rows = {" ".join(k): round((v - before.get(k, 0.0)) / per, 2) for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in rows.items() if v), key=lambda kv: -kv[1]))
+
+
+class Scrapes:
+    """The operator's own /metrics and the apiserver's, read before and after the burst."""
+
+    def __init__(self, api, operator_port: str):
+        self.api, self.url = api, f"http://127.0.0.1:{operator_port}/metrics"
+
+    def operator(self) -> dict:
+        with urllib.request.urlopen(self.url, timeout=10) as r:
+            text = r.read().decode()
+        return {"requests": _samples(text, "sftoperator_api_requests_total", ("verb", "resource")),
+                "passes": _samples(text, "sftoperator_reconcile_duration_seconds_count", ()),
+                "pass_seconds": _samples(text, "sftoperator_reconcile_duration_seconds_sum", ())}
+
+    def apiserver(self) -> dict:
+        resp = self.api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False,
+                                 _return_http_data_only=True)
+        text = resp.data.decode()
+        return {"requests": _samples(text, "apiserver_request_total", ("verb", "resource", "subresource"))}
+
+    def take(self) -> dict:
+        return {"operator": self.operator(), "apiserver": self.apiserver(), "t": time.monotonic()}
+
+    @staticmethod
+    def per_job(after: dict, before: dict, jobs: int) -> dict:
+        o, b = after["operator"], before["operator"]
+        passes = sum(o["passes"].values()) - sum(b["passes"].values())
+        seconds = sum(o["pass_seconds"].values()) - sum(b["pass_seconds"].values())
+        op_req = _delta(o["requests"], b["requests"], jobs)
+        return {"operator_requests_per_job": round(sum(op_req.values()), 2), "operator_requests_by_kind": op_req,
+                "reconcile_passes_per_job": round(passes / jobs, 2),
+                "reconcile_pass_mean_seconds": round(seconds / passes, 4) if passes else None,
+                "reconcile_busy_seconds_total": round(seconds, 1),
+                "apiserver_requests_per_job_all_clients": round(
+                    sum(_delta(after["apiserver"]["requests"], before["apiserver"]["requests"], jobs).values()), 2),
+                "apiserver_requests_by_kind_all_clients": _delta(after["apiserver"]["requests"],
+                                                                 before["apiserver"]["requests"], jobs)}
+
+
 def manifest(name: str, nodes: int, gpus: int) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "SFTJob", "metadata": {"name": name},
@@ -155,6 +213,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (SFT_WORKERS)")
     ap.add_argument("--kubeconfig", help="use this running dev cluster (it must have --nodes nodes)")
+    ap.add_argument("--profile", help="run the operator under cProfile (bench/profiled_operator.py); pstats path")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_scale.json"))
     args = ap.parse_args()
 
@@ -196,7 +255,11 @@ def main() -> int:
         env = dict(os.environ, KUBECONFIG=str(kubeconfig), SFT_RESYNC_SECONDS="30", PYTHONUNBUFFERED="1", SFT_WORKERS=str(args.workers),
                    SFT_OPERATOR_METRICS_PORT=str(free_port()), SFT_OPERATOR_HEALTH_PORT=str(free_port()))
         log = open(Path(tempfile.gettempdir()) / f"sft-bench-operator-{ns}.log", "w")
-        op = subprocess.Popen([sys.executable, "-m", "sft_operator.run_operator", "--standalone", "--log-format", "json"],
+        argv = [sys.executable, "-m", "sft_operator.run_operator"]
+        if args.profile:
+            env["SFT_BENCH_PROFILE"] = str(Path(args.profile).resolve())
+            argv = [sys.executable, str(REPO / "bench" / "profiled_operator.py")]
+        op = subprocess.Popen([*argv, "--standalone", "--log-format", "json"],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         sampler = Sampler(op.pid)
         sampler.start()
@@ -236,6 +299,10 @@ def main() -> int:
         print(f"baseline (one job alone): {baseline}", file=sys.stderr)
         time.sleep(3)
 
+        scrapes = Scrapes(api, env["SFT_OPERATOR_METRICS_PORT"])
+        before = scrapes.take()
+        sampler.sample()
+        cpu_before = sampler.cpu_seconds
         applied: dict[str, float] = {}
         t_apply0 = time.monotonic()
         for i in range(args.jobs):
@@ -266,6 +333,8 @@ def main() -> int:
         restart = [jobs_rec.first_seen[(n, "2")] - t for n, t in failed_at.items() if (n, "2") in jobs_rec.first_seen]
         time.sleep(2)
         sampler.sample()
+        work = Scrapes.per_job(scrapes.take(), before, args.jobs)
+        work["operator_cpu_seconds_per_job"] = round((sampler.cpu_seconds - cpu_before) / args.jobs, 4)
 
         result = {
             "benchmark": "operator_scale",
@@ -276,6 +345,10 @@ def main() -> int:
                        "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes, "workers": args.workers},
             "baseline_single_job": baseline,
             "apply_seconds_total": round(apply_seconds, 2),
+            "harness_apply_rate_jobs_per_second": round(args.jobs / apply_seconds, 1),
+            "etcd": "--unsafe-no-fsync (sft_dev.cluster): no fsync latency in any figure",
+            "work_per_job": work,
+            "profile": args.profile,
             "apply_to_job_created_seconds": summary(job_created),
             "apply_to_all_pods_running_seconds": summary(all_running),
             "failure_to_next_attempt_seconds": summary(restart),
@@ -307,7 +380,7 @@ def main() -> int:
         if op is not None and op.poll() is None:
             os.killpg(op.pid, signal.SIGTERM)
             try:
-                op.wait(15)
+                op.wait(90 if args.profile else 15)  # the profiled operator writes its stats at exit
             except subprocess.TimeoutExpired:
                 os.killpg(op.pid, signal.SIGKILL)
         if cluster is not None:

@@ -113,6 +113,21 @@ def _retry_after(exc) -> float | None:
         return None
 
 
+_PLURALS = frozenset(plural for _, plural in _KINDS.values())
+
+
+def _count(method: str, path: str) -> None:
+    """sftoperator_api_requests_total{verb, resource}: the resource is the path's plural (+ /status)."""
+    from .metrics import API_REQUESTS
+
+    parts = path.strip("/").split("/")
+    resource = "other"
+    for i, part in enumerate(parts):
+        if part in _PLURALS and parts[i - 1] != "namespaces":
+            resource = part + ("/status" if parts[-1] == "status" and part == PLURAL else "")
+    API_REQUESTS.labels(verb=method, resource=resource).inc()
+
+
 class KubeApi:
     """Raw-JSON calls through the official client's ApiClient (auth, TLS, kubeconfig handling)."""
 
@@ -130,6 +145,7 @@ class KubeApi:
     def request(self, method: str, path: str, body: Any = None, *, query: Iterable[tuple[str, Any]] = (), content_type: str | None = None) -> dict | None:
         from kubernetes.client.exceptions import ApiException
 
+        _count(method, path)
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type

@@ -90,6 +90,15 @@ TIME_TO_RUNNING = Histogram(
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
     registry=REGISTRY,
 )
+API_RESOURCES = ("sftjobs", "sftjobs/status", "jobs", "pods", "services", "configmaps", "serviceaccounts", "roles",
+                 "rolebindings", "events", "other")
+API_REQUESTS = Counter(
+    "sftoperator_api_requests_total",
+    "Requests the operator's reconcile passes sent to the apiserver, by verb (GET, POST, PATCH, DELETE) and "
+    "resource (" + ", ".join(API_RESOURCES) + "); the watches of kopf are not counted",
+    labelnames=["verb", "resource"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge("sftoperator_build_info", "Build information; always 1", labelnames=["version"], registry=REGISTRY)
 
 
