@@ -171,7 +171,11 @@ def model_entry(cfg: ResolvedConfig, location: str, model: Any, tokenizer: Any) 
     if not root.is_dir():  # a hub id: its snapshot in the local cache (the revision resolved to a commit)
         from huggingface_hub import snapshot_download
 
-        root = Path(snapshot_download(location, revision=spec_model.revision, local_files_only=True))
+        try:
+            root = Path(snapshot_download(location, revision=spec_model.revision, local_files_only=True))
+        except Exception as e:  # noqa: BLE001 - the model loaded; a manifest without its hashes says why
+            log.error("lineage: cannot find the files of %s in the local hub cache: %s", location, e)
+            return {**entry, "files": [], "filesError": f"{type(e).__name__}: {e}"}
         entry["resolvedRevision"] = root.name
     entry["files"] = _file_list(root)
     entry["filesFrom"] = str(root)

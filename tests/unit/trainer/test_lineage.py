@@ -93,3 +93,25 @@ def test_counts_per_source_with_malformed_unmaskable_and_unsampled_rows(tmp_path
     report = {"rows": 62, "bad_rows": 3}
     assert counts_match_preflight([ea, eb], report)
     assert not counts_match_preflight([ea, eb], {"rows": 62, "bad_rows": 2})
+
+
+def test_a_hub_model_missing_from_the_cache_is_recorded_not_fatal(tmp_path, monkeypatch):
+    from sft_trainer.lineage import model_entry
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _cfg(tmp_path, [{"uri": "a.jsonl"}])
+    entry = model_entry(cfg, "org/not-cached", None, None)
+    assert entry["files"] == [] and "filesError" in entry and entry["uri"] == "builtin://tiny-llama"
+
+
+def test_a_local_model_directory_is_hashed_file_by_file(tmp_path):
+    from sft_trainer.lineage import model_entry
+
+    d = tmp_path / "model"
+    (d / "sub").mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    (d / "sub" / "w.bin").write_bytes(b"\x00" * 10)
+    entry = model_entry(_cfg(tmp_path, [{"uri": "a.jsonl"}]), str(d), None, None)
+    assert {f["path"]: f["sha256"] for f in entry["files"]} == {
+        "config.json": hashlib.sha256(b"{}").hexdigest(), "sub/w.bin": hashlib.sha256(b"\x00" * 10).hexdigest()}
