@@ -88,10 +88,11 @@ def load_model(cfg: ResolvedConfig, location: str, tokenizer: Any) -> Any:
         from .tiny_model import build_model
 
         if not cfg.cuda and not os.environ.get("OMP_NUM_THREADS"):
-            # 128-wide matmuls are too small to split: a second intra-op thread only adds
-            # synchronisation, and on a busy machine its spin-waits cost several times the work
-            # (measured: ~1 step/s with 2 threads vs ~8 with 1 under load on 2 cores)
-            torch.set_num_threads(1)
+            # the idle CPUs, not a fixed count: a second thread is 1.4x faster on an idle 2-core
+            # machine and several times slower on a busy one (cpu_threads.py)
+            from .cpu_threads import set_torch_threads
+
+            set_torch_threads(torch)
         # fp32 master weights; bf16/fp16 autocast comes from the trainer's mixed precision
         return build_model(tokenizer, seed=cfg.spec.training.seed)
     from transformers import AutoModelForCausalLM
