@@ -868,6 +868,23 @@ def _versions(world: World) -> dict:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The per-class table of docs/reliability.md."""
+    def spread(d: dict) -> str:
+        return f"{d['p50']} / {d['max']}" if d["n"] else "-"
+
+    rows = ["| class | faults | restarts caused | jobs hit / finished correctly | partial checkpoints resumed "
+            "| most steps lost | to next attempt p50 / max (s) | to training again p50 / max (s) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for cls, v in result["by_class"].items():
+        moments = ", ".join(f"{k} {n}" for k, n in v["by_moment"].items()) if cls == "trainer_sigkill" else ""
+        rows.append(f"| `{cls}`{f' ({moments})' if moments else ''} | {v['faults']} | {v['restarts_caused']} | "
+                    f"{v['jobs_hit']} / {v['jobs_finished_correctly']} | {v['partial_checkpoints_used']} | "
+                    f"{v['max_lost_steps']} | {spread(v['time_to_next_attempt_s'])} | "
+                    f"{spread(v['time_to_training_again_s'])} |")
+    return "\n".join(rows)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--faults", type=int, default=100, help="faults to inject (default 100)")
@@ -887,6 +904,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "chaos.json")
     p.add_argument("--work-dir", type=Path, default=None, help="keep logs here (default: a temporary directory)")
+    p.add_argument("--markdown", type=Path, default=None, help="print the per-class table of a chaos.json, then exit")
     p.add_argument("--rescore", type=Path, default=None,
                    help="recompute the summary of a finished run's chaos.json from its work dir's logs, then exit")
     a = p.parse_args(argv)
@@ -899,6 +917,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     if args.rescore:
         result = rescore(args.rescore)
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
