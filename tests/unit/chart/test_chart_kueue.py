@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sft_operator.settings import OperatorSettings
+
+CHART = Path(__file__).resolve().parents[3] / "charts" / "sft-operator"
 
 
 def _env(docs):
@@ -22,7 +26,5 @@ def test_no_default_queue_by_default(render):
 
 
 def test_the_schema_refuses_an_invalid_queue_name(run_helm):
-    from conftest import CHART
-
     p = run_helm("template", "x", str(CHART), "--set", "trainer.defaultQueueName=Not_A_Name", check=False)
     assert p.returncode != 0 and "defaultQueueName" in p.stderr
