@@ -213,6 +213,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (SFT_WORKERS)")
     ap.add_argument("--kubeconfig", help="use this running dev cluster (it must have --nodes nodes)")
+    ap.add_argument("--operator-src", help="run the operator from this checkout (its operator/ and api/ first on "
+                    "PYTHONPATH), e.g. an earlier commit from git archive, for a before/after in one session")
     ap.add_argument("--profile", help="run the operator under cProfile (bench/profiled_operator.py); pstats path")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_scale.json"))
     args = ap.parse_args()
@@ -255,6 +257,9 @@ def main() -> int:
         env = dict(os.environ, KUBECONFIG=str(kubeconfig), SFT_RESYNC_SECONDS="30", PYTHONUNBUFFERED="1", SFT_WORKERS=str(args.workers),
                    SFT_OPERATOR_METRICS_PORT=str(free_port()), SFT_OPERATOR_HEALTH_PORT=str(free_port()))
         log = open(Path(tempfile.gettempdir()) / f"sft-bench-operator-{ns}.log", "w")
+        if args.operator_src:
+            src = Path(args.operator_src).resolve()
+            env["PYTHONPATH"] = os.pathsep.join([str(src / "operator"), str(src / "api"), env.get("PYTHONPATH", "")])
         argv = [sys.executable, "-m", "sft_operator.run_operator"]
         if args.profile:
             env["SFT_BENCH_PROFILE"] = str(Path(args.profile).resolve())
@@ -349,6 +354,7 @@ def main() -> int:
             "etcd": "--unsafe-no-fsync (sft_dev.cluster): no fsync latency in any figure",
             "work_per_job": work,
             "profile": args.profile,
+            "operator_src": args.operator_src,
             "apply_to_job_created_seconds": summary(job_created),
             "apply_to_all_pods_running_seconds": summary(all_running),
             "failure_to_next_attempt_seconds": summary(restart),
