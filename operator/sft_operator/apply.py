@@ -44,6 +44,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Event": ("/api/v1", "events"),
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # read only: Kueue's verdict on a queued Job
     KIND: (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 

@@ -35,6 +35,7 @@ from sft_api.contract import FINALIZER
 from . import metrics
 from .apply import ApiError, ChildRefused, Conflict, KubeApi, PermanentError, TemporaryError, classify, write_result
 from .children import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
+from .policies import kueue
 from .observe import Observation, observation, observe_job, observe_pod, parse_time
 from .reconcile import Result, child_create_failed, reconcile, validate_body
 from .settings import OperatorSettings, load_settings
@@ -169,6 +170,21 @@ def _with_pod_create_errors(api: KubeApi, body: Mapping, obs: Observation) -> Ob
     return replace(obs, pod_create_errors={job.name: message})
 
 
+def _with_queue_message(api: KubeApi, body: Mapping, obs: Observation) -> Observation:
+    """Add Kueue's verdict on the current attempt's queued Job: its Workload's not-yet-true admission
+    condition (e.g. "insufficient unused quota for nvidia.com/gpu ..."). One list, only while queued."""
+    job = obs.job(int((body.get("status") or {}).get("attempt") or 0))
+    if not kueue.is_queued(job):  # only Kueue suspends a child Job (spec.suspend deletes them)
+        return obs
+    try:
+        workloads = api.list("Workload", (body.get("metadata") or {}).get("namespace"))
+    except ApiError as exc:  # Kueue not installed, or an older ClusterRole: the condition just lacks the detail
+        log.debug(f"Kueue Workloads not readable: {exc}")
+        return obs
+    message = kueue.admission_message(workloads, job.name)
+    return replace(obs, queue_message=message) if message else obs
+
+
 # -- the one reconcile path -------------------------------------------------------------------------
 
 
@@ -184,6 +200,7 @@ def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, no
             metrics.forget_job(key)
             return None
         obs = _with_pod_create_errors(api, body, _observation(key, jobs_idx, pods_idx, nodes_idx))
+        obs = _with_queue_message(api, body, obs)
         now = datetime.now(timezone.utc)
         result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
         try:

@@ -114,6 +114,8 @@ class Observation:
     # Job name -> the message of the Job controller's latest FailedCreate event: the apiserver refuses
     # that Job's pods (a quota, PodSecurity, a webhook). Looked up only for a Job without pods.
     pod_create_errors: Mapping[str, str] = field(default_factory=dict)
+    # Kueue's message on the Workload of the current attempt's queued Job (why it is not admitted yet).
+    queue_message: str | None = None
 
     def job(self, attempt: int) -> JobObs | None:
         for j in self.jobs:

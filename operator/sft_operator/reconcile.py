@@ -443,6 +443,8 @@ def _judge_attempt(p: _Pass) -> None:
         return _restart_or_fail(p, failure, job)
     if kueue.is_queued(job):
         msg = f"waiting for admission by Kueue (queue {kueue.queue_name(p.meta) or '?'})"
+        if p.obs.queue_message:
+            msg += f": {p.obs.queue_message}"
         p.cond(CondType.RUNNING, False, Reason.QUEUED, msg)
         return p.set_phase(Phase.PENDING, Reason.QUEUED, msg)
     # A rank that already finished with exit 0 still counts: the Job is about to complete.

@@ -130,6 +130,10 @@ def test_quota_queues_the_second_job_until_the_first_finishes(queues, sft, kwok_
     msg = wait_until(lambda: _quota_message(q, job2.metadata.name), 60, "Kueue's quota message")
     print("Kueue:", msg)
     assert "nvidia.com/gpu" in msg and "quota" in msg
+    # ... and it reaches the SFTJob's own condition, so `kubectl describe sft second` says why it waits
+    st = sft.wait("second", lambda s: "insufficient unused quota" in cond(s, "Running").get("message", ""), 60,
+                  "Kueue's message in the Queued condition")
+    assert "nvidia.com/gpu" in cond(st, "Running")["message"] and cond(st, "Running")["reason"] == "Queued"
     time.sleep(3)
     assert sft.pods("second") == [] and sft.status("second")["phase"] == "Pending"
 

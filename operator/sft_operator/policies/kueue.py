@@ -15,7 +15,7 @@ from ..children import QUEUE_LABEL
 from ..conditions import Phase
 from ..observe import JobObs
 
-__all__ = ["queue_name", "is_queued", "evicted"]
+__all__ = ["queue_name", "is_queued", "evicted", "admission_message"]
 
 
 def queue_name(metadata: Mapping) -> str | None:
@@ -29,3 +29,20 @@ def is_queued(job: JobObs | None) -> bool:
 def evicted(job: JobObs | None, phase: str | None) -> bool:
     """Kueue suspended the Job of a gang that was running."""
     return is_queued(job) and phase == Phase.RUNNING
+
+
+_ADMISSION_CONDITIONS = ("QuotaReserved", "Admitted")
+
+
+def admission_message(workloads: list[Mapping], job_name: str) -> str | None:
+    """The message of the first admission condition that is not True on ``job_name``'s Workload."""
+    for wl in workloads:
+        owners = (wl.get("metadata") or {}).get("ownerReferences") or []
+        if not any(o.get("kind") == "Job" and o.get("name") == job_name for o in owners):
+            continue
+        conds = {c.get("type"): c for c in (wl.get("status") or {}).get("conditions") or []}
+        for ctype in _ADMISSION_CONDITIONS:
+            c = conds.get(ctype)
+            if c is not None and c.get("status") != "True" and c.get("message"):
+                return str(c["message"])
+    return None

@@ -4,6 +4,7 @@ import pytest
 from sftop_factories import kjob
 
 from sft_operator.observe import observe_job
+from sft_operator.policies import kueue
 from sft_operator.policies.kueue import is_queued, queue_name
 
 
@@ -31,3 +32,28 @@ def test_queue_name(meta, queue):
 )
 def test_is_queued(job, queued):
     assert is_queued(observe_job(job) if job else None) is queued
+
+
+def _workload(job_name, conditions):
+    return {"metadata": {"name": f"job-{job_name}-1a2b3", "ownerReferences": [{"kind": "Job", "name": job_name}]},
+            "status": {"conditions": conditions}}
+
+
+QUOTA = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor gpu, 16 more needed"
+
+
+@pytest.mark.parametrize("workloads,expected", [
+    pytest.param([_workload("demo-a1", [{"type": "QuotaReserved", "status": "False", "message": QUOTA}])], QUOTA,
+                 id="quota-not-reserved-gives-kueues-message"),
+    pytest.param([_workload("demo-a1", [{"type": "QuotaReserved", "status": "True", "message": "reserved"},
+                                        {"type": "Admitted", "status": "False", "message": "waiting for checks"}])],
+                 "waiting for checks", id="reserved-but-not-admitted"),
+    pytest.param([_workload("other-a1", [{"type": "QuotaReserved", "status": "False", "message": QUOTA}])], None,
+                 id="another-jobs-workload-is-ignored"),
+    pytest.param([_workload("demo-a1", [{"type": "QuotaReserved", "status": "True", "message": "ok"},
+                                        {"type": "Admitted", "status": "True", "message": "ok"}])], None,
+                 id="admitted-has-no-waiting-message"),
+    pytest.param([], None, id="no-workload-yet"),
+])
+def test_admission_message(workloads, expected):
+    assert kueue.admission_message(workloads, "demo-a1") == expected

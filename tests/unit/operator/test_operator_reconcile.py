@@ -359,6 +359,17 @@ def test_kueue_queued_until_admitted():
     assert r3.status["phase"] == "Running" and r3.status["startTime"] == "2026-01-01T12:00:02Z"
 
 
+def test_kueue_message_reaches_the_queued_condition():
+    from dataclasses import replace
+
+    body = sftjob(labels={"kueue.x-k8s.io/queue-name": "gpu-queue"})
+    body = applied(body, run(body, obs()))
+    quota = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor gpu"
+    r = run(body, replace(obs([kjob(suspended=True)]), queue_message=quota), 1)
+    c = cond(r, "Running")
+    assert c["reason"] == "Queued" and c["message"] == f"waiting for admission by Kueue (queue gpu-queue): {quota}"
+
+
 # --- guards -------------------------------------------------------------------------------------
 
 def test_invalid_spec_fails_with_field():
