@@ -66,6 +66,7 @@ class CondType(_Str):
     STALLED = "Stalled"
     PREFLIGHT = "Preflight"  # the CPU-only data and template check before the gang
     SANITY_CHECK = "SanityCheck"  # the trainer's overfit pre-run (spec.eval.sanityCheck)
+    TRACKING = "Tracking"  # the experiment trackers (spec.tracking) take the run's logs
     CHILD_CREATE_FAILED = "ChildCreateFailed"  # the apiserver refused a child (quota, admission, webhook)
 
 
@@ -100,6 +101,8 @@ class Reason(_Str):
     GOLDEN_SET_REGRESSION = "GoldenSetRegression"
     SANITY_CHECK_FAILED = "SanityCheckFailed"
     SANITY_CHECK_PASSED = "SanityCheckPassed"
+    TRACKER_UNAVAILABLE = "TrackerUnavailable"
+    TRACKER_HEALTHY = "TrackerHealthy"
     TOPOLOGY_MISMATCH = "TopologyMismatch"
     MAX_RESTARTS = "MaxRestartsExceeded"
     MAX_PREEMPTIONS = "MaxPreemptionsExceeded"

@@ -216,6 +216,8 @@ def _run(p: _Pass) -> None:
     _observe_generation(p)
     # The trainer's sanity pre-run verdict becomes a condition and, once, an Event.
     _report_sanity_check(p)
+    # A tracker that cannot take the logs is a warning condition; training goes on.
+    _report_tracking(p)
     # A finished job keeps no gang running and waits only for its TTL.
     if p.phase in (Phase.SUCCEEDED, Phase.FAILED):
         return _finished(p)
@@ -259,6 +261,18 @@ def _report_sanity_check(p: _Pass) -> None:
     message = check.get("message") or f"sanity check {'passed' if passed else 'failed'}"
     if p.cond(CondType.SANITY_CHECK, passed, reason, message):
         p.event("Normal" if passed else "Warning", reason, message)
+
+
+def _report_tracking(p: _Pass) -> None:
+    tracking = (p.body.get("status") or {}).get("tracking") or {}
+    healthy = tracking.get("healthy")
+    if healthy is None or (healthy and get_condition(p.st.get("conditions"), CondType.TRACKING) is None):
+        return  # nothing reported yet, or healthy all along: no condition to keep
+    if healthy:
+        p.cond(CondType.TRACKING, True, Reason.TRACKER_HEALTHY, "the experiment trackers take the run's logs")
+    elif p.cond(CondType.TRACKING, False, Reason.TRACKER_UNAVAILABLE,
+                tracking.get("message") or "an experiment tracker cannot be reached"):
+        p.event("Warning", Reason.TRACKER_UNAVAILABLE, tracking.get("message") or "an experiment tracker cannot be reached")
 
 
 def _guard_invalid(p: _Pass) -> bool:

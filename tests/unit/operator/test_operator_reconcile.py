@@ -439,3 +439,22 @@ def test_sanity_check_verdict_becomes_a_condition_and_one_event(passed, reason, 
 def test_no_sanity_condition_before_the_trainer_reports_one():
     r = run(sftjob(status=running_status()), both_running())
     assert cond(r, "SanityCheck") is None
+
+
+def test_an_unreachable_tracker_is_a_warning_condition_until_it_recovers():
+    down = "mlflow http://10.0.0.1:5000: connection refused (12 logs wait for a retry)"
+    body = sftjob(status=running_status(tracking={"healthy": False, "message": down}))
+    r = run(body, both_running())
+    c = cond(r, "Tracking")
+    assert (c["status"], c["reason"], c["message"]) == ("False", "TrackerUnavailable", down)
+    assert [(e.type, e.reason) for e in r.events if e.reason.startswith("Tracker")] == [("Warning", "TrackerUnavailable")]
+    assert r.status["phase"] == "Running"  # training goes on
+    body = applied(body, r)
+    body["status"]["tracking"] = {"healthy": True}
+    r2 = run(body, both_running(), 1)
+    assert cond(r2, "Tracking")["status"] == "True" and cond(r2, "Tracking")["reason"] == "TrackerHealthy"
+
+
+def test_a_tracker_healthy_all_along_adds_no_condition():
+    r = run(sftjob(status=running_status(tracking={"healthy": True})), both_running())
+    assert cond(r, "Tracking") is None
