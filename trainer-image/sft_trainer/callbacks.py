@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from transformers import TrainerCallback
 
 from . import phases
-from .checkpoint_store import CheckpointError, CheckpointStore
+from .checkpoint_store import CheckpointError, CheckpointStore, transient_storage_errors
 from .checkpoint_upload import SNAPSHOT_DIR, BackgroundJob, snapshot, upload_mode
 from .metrics import OVERALL_TASK, TrainerMetrics, model_flops_per_token, mfu, peak_flops_for
 from .progress import LogReporter, ProgressReporter, format_line
@@ -293,7 +293,7 @@ class CheckpointCommitCallback(TrainerCallback):
         for i in range(self.attempts):
             try:
                 return fn(*a)
-            except (OSError, CheckpointError) as e:
+            except transient_storage_errors() as e:
                 if i + 1 == self.attempts:
                     raise
                 log.warning("%s failed (%s); retrying", what, e)

@@ -60,6 +60,19 @@ class CheckpointError(Exception):
     """A checkpoint cannot be used: missing, corrupted or inconsistent with its manifest."""
 
 
+def transient_storage_errors() -> tuple[type[BaseException], ...]:
+    """Errors a retry can cure: the filesystem's, and botocore's, which s3fs lets through unwrapped
+    (an S3 server restarting raises ``EndpointConnectionError``, neither an OSError nor ours)."""
+    errors: list[type[BaseException]] = [OSError, CheckpointError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # no S3 support installed: only local and fsspec filesystems
+        pass
+    return tuple(errors)
+
+
 class _Empty(Exception):
     """A checkpoint directory with no objects at all: not a checkpoint, not even a partial one."""
 
