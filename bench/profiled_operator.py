@@ -6,7 +6,7 @@ cProfile only sees the thread that enables it: kopf's asyncio loop runs on the m
 reconcile passes on the work queue's threads. ``threading.setprofile`` starts a profiler in each
 new thread; at exit (SIGTERM: kopf stops, ``main`` returns) all of them are merged into one pstats
 file, and a JSON summary (the top functions by own time and by cumulative time, per thread kind)
-is written beside it.
+is written beside it (<name>.summary.json).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _dump(out: Path) -> None:
                          "by_tottime": _top(st, "tottime_s"), "by_cumtime": _top(st, "cumtime_s")}
     if everything is not None:
         everything.dump_stats(str(out))
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def main() -> int:
