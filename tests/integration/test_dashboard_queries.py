@@ -42,7 +42,10 @@ def cut_down_quickstart(dest: Path, namespace: str) -> Path:
     spec["datasets"][0]["uri"] = str(ROOT / "examples" / "data" / "quickstart" / "train.jsonl")
     spec["split"] = {"validation": 0.01, "test": 0.005, "seed": 42}
     spec["training"].update(maxSteps=STEPS, loggingSteps=2, warmupRatio=0.1)
-    spec["eval"] = {"everySteps": 20}
+    # the golden set at every checkpoint feeds the golden-pass-ratio panel; no maxDrop stop in a short run
+    spec["eval"] = {"everySteps": 20, "goldenSet": {
+        "uri": str(ROOT / "examples" / "data" / "quickstart" / "golden.jsonl"), "minPassRate": 0.0,
+        "maxNewTokens": 48, "everyCheckpoints": 1}}
     spec["checkpoints"] = {"uri": str(dest / "checkpoints"), "everySteps": 20, "keep": 2}
     spec["output"] = {"uri": str(dest / "model")}
     spec["workers"]["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
