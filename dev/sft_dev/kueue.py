@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from sft_dev.kueue_build import KUEUE_VERSION, crd_dir, ensure_kueue, module_dir
+from sft_dev.s3 import free_ports
 
 HOST = "127.0.0.1"
 COMPONENT = "kueue"
@@ -44,19 +44,6 @@ METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 
 class KueueError(RuntimeError):
     """Kueue could not start; the message names the cause."""
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Kueue:
@@ -161,7 +148,7 @@ class Kueue:
             return kcfg["ports"]
         t0 = time.monotonic()
         self.dir.mkdir(parents=True, exist_ok=True)
-        ports = dict(zip(("webhook", "health", "metrics"), _free_ports(3)))
+        ports = dict(zip(("webhook", "health", "metrics"), free_ports(3)))
         self._write_cert()
         self._write_metrics_cert()
         self._write_config(ports)

@@ -59,7 +59,8 @@ class S3Info:
         stop_s3(self)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1 (all held open together, so no two are the same)."""
     socks = []
     try:
         for _ in range(n):
@@ -84,7 +85,7 @@ def start_s3(state_dir: Path | str, port: int | None = None, buckets: list[str] 
                            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
     (state_dir / "s3.json").write_text(json.dumps(cfg))
     os.chmod(state_dir / "s3.json", 0o600)
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, s3_free = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, s3_free = free_ports(8)
     port = port or s3_free
     argv = [
         str(weed()), "server", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",

@@ -20,31 +20,10 @@ import pytest
 from kubernetes import client
 from sft_e2e_helpers import cond
 
+from sft_dev.podexec import resolve_env
+
 REPO = Path(__file__).resolve().parents[2]
 SA_PATH = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is a link to /run
-
-
-def _resolve_env(container, pod_name: str, rank: int, secret: dict[str, str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for src in container.env_from or []:
-        if src.secret_ref:
-            env.update(secret)  # the user's Secret, exactly as the kubelet would inject it
-    for e in container.env:
-        if e.value is not None:
-            env[e.name] = e.value
-        elif e.value_from and e.value_from.field_ref:
-            path = e.value_from.field_ref.field_path
-            if "job-completion-index" in path:
-                env[e.name] = str(rank)
-            elif path == "metadata.name":
-                env[e.name] = pod_name
-            elif path == "spec.nodeName":
-                env[e.name] = "local"
-            else:
-                raise AssertionError(f"unexpected fieldRef {path}")
-        else:
-            raise AssertionError(f"env {e.name} has a source this test does not model")
-    return env
 
 
 @pytest.mark.slow
@@ -100,7 +79,7 @@ def test_pod_spec_trains_across_two_processes(operator, sft, s3, s3_bucket, dev_
 
     procs = []
     for rank, pod in enumerate(pods):
-        env = _resolve_env(container, pod.metadata.name, rank, secret)
+        env = resolve_env(container, pod.metadata.name, rank, "local", secret)  # as the kubelet injects it
         assert env["MASTER_ADDR"] == f"{job.metadata.name}-0.{tmpl.subdomain}"
         hosts = tmp_path / f"hosts-{rank}"
         hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {env['MASTER_ADDR']}\n")
