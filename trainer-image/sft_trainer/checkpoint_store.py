@@ -334,12 +334,14 @@ class CheckpointStore:
         return [uri for uri, _ in self.scan()[1]]
 
     # ---------------------------------------------------------------- download
-    def download(self, ckpt: CommittedCheckpoint, local_dir: str | os.PathLike[str]) -> Path:
-        """Download ``ckpt`` into ``local_dir``, verifying every file's size and sha256."""
+    def download(self, ckpt: CommittedCheckpoint, local_dir: str | os.PathLike[str],
+                 files: list[dict[str, Any]] | None = None) -> Path:
+        """Download ``ckpt`` (or only ``files``, entries of its manifest) into ``local_dir``,
+        verifying every file's size and sha256."""
         dest = Path(local_dir)
         dest.mkdir(parents=True, exist_ok=True)
         src = self._dir(ckpt.step)
-        for f in ckpt.manifest["files"]:
+        for f in ckpt.manifest["files"] if files is None else files:
             rel = f["path"]
             target = dest / rel
             if ".." in Path(rel).parts or Path(rel).is_absolute():
@@ -366,9 +368,12 @@ class CheckpointStore:
         self.fs.invalidate_cache()
 
     def apply_retention(
-        self, keep: int, best_metric: str = "eval_loss", greater_is_better: bool = False
+        self, keep: int, best_metric: str = "eval_loss", greater_is_better: bool = False,
+        keep_steps: Iterable[int] = (),
     ) -> list[int]:
-        """Keep the last ``keep`` committed checkpoints plus the best by ``best_metric``.
+        """Keep the last ``keep`` committed checkpoints plus the best by ``best_metric``, plus
+        ``keep_steps`` (the best by golden pass rate, which is scored after the commit and so is not
+        in the manifest: golden_checkpoints.py).
 
         Uncommitted directories older than the newest committed checkpoint are the remains of
         killed uploads (only rank 0 of the running job writes here), so they are removed too.
@@ -381,7 +386,7 @@ class CheckpointStore:
             committed = [c for c in committed if self.owner.owns(c.identity)]
         if not committed:
             return []
-        kept = {c.step for c in committed[-keep:]}
+        kept = {c.step for c in committed[-keep:]} | {int(s) for s in keep_steps}
         scored = [
             c for c in committed if isinstance(c.metrics.get(best_metric), (int, float))
         ]

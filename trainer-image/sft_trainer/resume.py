@@ -15,6 +15,12 @@ The rule (docs/trainer.md, "Resume and checkpoint identity"):
 A foreign checkpoint newer than the run's own newest one means two runs write one prefix; that also
 fails with exit 64 rather than interleave their checkpoints. ``SFT_RESUME`` (set by the operator)
 is not consulted: resuming is decided by identity alone.
+
+Each node downloads the chosen checkpoint once (local rank 0, node_cache.py), and only the files
+its own ranks read: every shared file (weights, scheduler, trainer state, DeepSpeed's
+``mp_rank_*_model_states.pt``) plus the per-rank files of the node's ranks (HF's
+``rng_state_<rank>.pth``, DeepSpeed ZeRO's ``zero_pp_rank_<rank>_*_states.pt``). A checkpoint
+written by another world size is downloaded whole: resharding it reads every shard.
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 _STEP_DIR = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+# Files that only one rank reads, by the rank in their name: HF's RNG state of each process, and
+# DeepSpeed ZeRO's partitions of each data-parallel rank (optimizer states; at stage 3 also model
+# states), bf16_ or not. DeepSpeed loads only its own partition unless zero_optimization.
+# elastic_checkpoint is set, which the generated DeepSpeed config never does (modeling.py).
+_RANK_FILE = re.compile(r"(?:^|/)(?:rng_state_(\d+)\.pth|(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(?:optim|model)_states\.pt)$")
 
 
 @dataclass(frozen=True)
@@ -117,15 +128,71 @@ def resolve_resume_from(resume_from: str, store: CheckpointStore,
     return source, latest
 
 
-def download_for_node(source: CheckpointStore, ckpt: CommittedCheckpoint, workdir: Path) -> Path:
-    """The checkpoint's one local copy on this node (node_cache.py), verified file by file.
+@dataclass(frozen=True)
+class NodeRanks:
+    """The global ranks of this node's processes: ``first`` .. ``first + count - 1`` of ``world``."""
 
-    The directory name carries a digest of the manifest, so a re-committed step or another run's
-    checkpoint at the same step never reuses an older copy.
+    first: int
+    count: int
+    world: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "NodeRanks":
+        """From torchrun's env (a node's ranks are contiguous); one process of one when unset."""
+        env = os.environ if env is None else env
+        num = lambda k, d: int(env.get(k) or d)  # noqa: E731
+        rank, local = num("RANK", 0), num("LOCAL_RANK", 0)
+        return cls(first=rank - local, count=num("LOCAL_WORLD_SIZE", 1), world=num("WORLD_SIZE", 1))
+
+    def __contains__(self, rank: object) -> bool:
+        return isinstance(rank, int) and self.first <= rank < self.first + self.count
+
+    def describe(self) -> str:
+        last = self.first + self.count - 1
+        ranks = f"rank {self.first}" if last == self.first else f"ranks {self.first}-{last}"
+        return f"{ranks} of {self.world}"
+
+
+def rank_of(path: str) -> int | None:
+    """The rank a per-rank checkpoint file belongs to, or None for a file every rank reads."""
+    m = _RANK_FILE.search(path)
+    return None if m is None else int(m.group(1) or m.group(2))
+
+
+def node_files(files: list[dict[str, Any]], node: NodeRanks) -> list[dict[str, Any]]:
+    """The manifest entries the node's ranks read: every shared file and its own ranks' files.
+
+    Every file when the checkpoint's per-rank files are not those of ``node.world`` ranks (another
+    world size: DeepSpeed and HF then need the other ranks' files, or warn without them).
     """
-    digest = hashlib.sha256(repr(sorted((f["path"], f["sha256"]) for f in ckpt.manifest["files"])).encode())
+    ranks = {r for f in files if (r := rank_of(f["path"])) is not None}
+    if not ranks or ranks != set(range(node.world)):
+        return list(files)
+    return [f for f in files if (r := rank_of(f["path"])) is None or r in node]
+
+
+def download_for_node(source: CheckpointStore, ckpt: CommittedCheckpoint, workdir: Path,
+                      node: NodeRanks | None = None) -> Path:
+    """The checkpoint's one local copy on this node (node_cache.py): the files of ``node_files``,
+    verified file by file.
+
+    The directory name carries a digest of the manifest and of the files chosen, so a re-committed
+    step, another run's checkpoint at the same step or another node's choice never reuses a copy.
+    """
+    node = NodeRanks.from_env() if node is None else node
+    files = node_files(ckpt.manifest["files"], node)
+    digest = hashlib.sha256(repr((sorted((f["path"], f["sha256"]) for f in ckpt.manifest["files"]),
+                                  sorted(f["path"] for f in files))).encode())
     target = Path(workdir) / "resume" / f"{CHECKPOINT_PREFIX}{ckpt.step}-{digest.hexdigest()[:12]}"
-    return fetch_once(target, lambda tmp: source.download(ckpt, tmp), what=f"checkpoint {ckpt.uri}")
+
+    def fetch(tmp: Path) -> None:
+        total = sum(int(f["size"]) for f in ckpt.manifest["files"])
+        log.info("checkpoint %d: this node (%s) downloads %d of its %d files, %d of %d bytes",
+                 ckpt.step, node.describe(), len(files), len(ckpt.manifest["files"]),
+                 sum(int(f["size"]) for f in files), total)
+        source.download(ckpt, tmp, files=files)
+
+    return fetch_once(target, fetch, what=f"checkpoint {ckpt.uri}")
 
 
 def resume_point(cfg: Any, result: Any, *, rank: int, phase: Any, job: Any,
