@@ -26,6 +26,13 @@ the next one resumed from) and the time from the fault to the next attempt's pro
 
 Uploads are slowed with the checkpoint store's SFT_TEST_COMMIT_DELAY_SECONDS (--upload-delay; a
 sleep after each file), so that the upload and manifest windows are wide enough to hit.
+
+The steps a fault may cost depend on how the trainer uploads (docs/checkpoints.md, "Steps lost"):
+with the default background upload, a kill while checkpoint N uploads falls back to N-1, so up to
+everySteps plus the steps trained during the upload, at most 2 x everySteps; with
+SFT_CHECKPOINT_UPLOAD=sync, at most everySteps. --sync-every K runs every K-th job with sync uploads
+and --two-node-every K every K-th job on two nodes (workers.nodes 2); each restart is checked
+against its job's bound (`max_lost_steps_bound`, `lost_steps_over_bound`, `by_upload_mode`).
 Writes bench/results/chaos.json (--out).
 """
 
@@ -49,6 +56,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "dev"), str(REPO / "tests" / "e2e"), str(REPO / "api"), str(REPO / "trainer-image")]
 
+# the trainers and the operator run this tree's packages, whatever checkout the venv's editable install names
+TREE_PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("api", "operator", "trainer-image", "dev"))
 CLASSES = ("trainer_sigkill", "sigterm", "node_loss", "s3_restart", "operator_kill", "apiserver_restart")
 RESTARTING = {"trainer_sigkill", "sigterm", "node_loss"}  # faults aimed at one job's trainers
 STEP_RE = re.compile(r"\bstep (\d+)/(\d+)")
@@ -81,6 +90,7 @@ class AttemptLog:
     resumed_from: int | None = None
     resume_checked: str | None = None  # "committed", "partial: <why>"
     commits: list[int] = field(default_factory=list)
+    commit_lags: list[int] = field(default_factory=list)  # steps logged past each checkpoint by its commit
     offset: int = 0
     training: bool = False
     first_step_at: float | None = None
@@ -94,6 +104,8 @@ class JobRec:
     restart_faults: int = 0
     outcome: str | None = None  # "correct", or why not
     finished: float | None = None
+    upload: str = "background"  # the trainer's SFT_CHECKPOINT_UPLOAD
+    nodes: int = 1
 
 
 # -- the world: cluster, S3, operator --------------------------------------------------------------
@@ -129,7 +141,8 @@ class World:
         self._install_crd()
         self.s3 = start_s3(self.work / "s3")
         self.s3_port = int(self.s3.endpoint.rsplit(":", 1)[1])
-        self.operator = OperatorProcess(Path(self.info.kubeconfig), self.work, args=("--standalone",))
+        self.operator = OperatorProcess(Path(self.info.kubeconfig), self.work, args=("--standalone",),
+                                        extra_env={"PYTHONPATH": TREE_PYTHONPATH})
         self.operator.start()
         self.ns = "chaos"
         client.CoreV1Api(self.api).create_namespace({"metadata": {"name": self.ns}})
@@ -291,6 +304,7 @@ class Watch:
                 rec.training, rec.first_step_at = True, time.time()
         if m := COMMIT_RE.search(line):
             rec.commits.append(int(m.group(1)))
+            rec.commit_lags.append(max(0, rec.max_step - int(m.group(1))))
             rec.max_step = max(rec.max_step, int(m.group(1)))
         if m := RESUME_RE.search(line):
             rec.resumed_from = int(m.group(1))
@@ -323,7 +337,9 @@ class Chaos:
         self.watch = Watch(world)
         self.executor = PodExecutor(
             world.api, world.ns, world.info.ca_file, str(world.info.ports.apiserver), world.work / "pods", REPO,
-            extra_env={"SFT_TEST_COMMIT_DELAY_SECONDS": str(args.upload_delay)}, on_poll=self.watch.on_poll)
+            extra_env={"SFT_TEST_COMMIT_DELAY_SECONDS": str(args.upload_delay),
+                       "PYTHONPATH": TREE_PYTHONPATH},
+            on_poll=self.watch.on_poll)
         self.watch.executor = self.executor
         self.jobs: dict[str, JobRec] = {}
         self.faults: list[Fault] = []
@@ -333,8 +349,16 @@ class Chaos:
         self.hit: set[tuple[str, int]] = set()  # attempts an aimed fault has hit
 
     # -- jobs ---------------------------------------------------------------------------------
-    def manifest(self, name: str) -> dict:
+    def job_kind(self, index: int) -> tuple[str, int]:
+        """(upload mode, workers.nodes) of the index-th job: --sync-every and --two-node-every."""
+        a = self.args
+        sync = a.sync_every > 0 and index % a.sync_every == min(1, a.sync_every - 1)
+        two = a.two_node_every > 0 and index % a.two_node_every == min(2, a.two_node_every - 1)
+        return ("sync" if sync else "background"), (2 if two else a.nodes)
+
+    def manifest(self, name: str, upload: str = "background", nodes: int | None = None) -> dict:
         a, w = self.args, self.world
+        env = [{"name": "SFT_CHECKPOINT_UPLOAD", "value": "sync"}] if upload == "sync" else []
         return {"apiVersion": "sft.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": name}, "spec": {
             "model": {"uri": "builtin://tiny-llama"},
             "datasets": [{"uri": f"s3://{w.bucket}/data/train.jsonl", "format": "messages"}],
@@ -345,7 +369,8 @@ class Chaos:
             "eval": {"everySteps": 1000},
             "checkpoints": {"uri": f"s3://{w.bucket}/{name}/", "everySteps": a.every_steps, "keep": 3},
             "storage": {"secretRef": "s3-credentials", "endpoint": w.s3.endpoint},
-            "workers": {"nodes": a.nodes, "gpusPerNode": 0, "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
+            "workers": {"nodes": nodes or a.nodes, "gpusPerNode": 0, "env": env,
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
             "failurePolicy": {"maxRestarts": 100, "stallTimeoutSeconds": 3600},
             "preflight": {"enabled": False},
         }}
@@ -355,9 +380,10 @@ class Chaos:
             self.judge(rec)
         while len(self.unfinished()) < self.args.concurrency:
             name = f"chaos-{len(self.jobs):03d}"
-            self.world.sft.apply(self.manifest(name))
-            self.jobs[name] = JobRec(name, time.time())
-            log(f"created {name}")
+            upload, nodes = self.job_kind(len(self.jobs))
+            self.world.sft.apply(self.manifest(name, upload, nodes))
+            self.jobs[name] = JobRec(name, time.time(), upload=upload, nodes=nodes)
+            log(f"created {name} ({upload} upload, {nodes} node{'s' if nodes > 1 else ''})")
 
     def unfinished(self) -> list[JobRec]:
         return [j for j in self.jobs.values() if j.outcome is None]
@@ -754,7 +780,12 @@ def report(chaos: Chaos, args: argparse.Namespace, started: float, world: World)
         "max_lost_steps": 0,
         "every_steps": args.every_steps,
         "jobs": {"total": len(jobs), "finished_correctly": sum(j.outcome == "correct" for j in jobs),
-                 "outcomes": {j.name: j.outcome for j in jobs}},
+                 "outcomes": {j.name: j.outcome for j in jobs},
+                 "kinds": {j.name: {"upload": j.upload, "nodes": j.nodes} for j in jobs}},
+        "upload_lag_steps": {mode: sorted(lag for (job, _), r in chaos.watch.logs.items()
+                                          if chaos.jobs.get(job) and chaos.jobs[job].upload == mode
+                                          for lag in r.commit_lags)
+                             for mode in sorted({j.upload for j in jobs})},
         "by_class": {},
         "restarts": transitions(chaos),
         "faults": [{"class": f.cls, "sub": f.sub, "at_s": round(f.at - started, 1), "jobs": f.jobs,
@@ -771,9 +802,21 @@ def report(chaos: Chaos, args: argparse.Namespace, started: float, world: World)
     return result
 
 
+def lost_steps_bound(upload: str, every_steps: int) -> int:
+    """The most steps one fault may cost a job (docs/checkpoints.md, "Steps lost"): everySteps with
+    sync uploads; with background uploads a kill while checkpoint N uploads resumes N-1, and the next
+    save waits for N's commit, so everySteps plus the steps trained meanwhile, at most 2 x everySteps."""
+    return every_steps if upload == "sync" else 2 * every_steps
+
+
 def summarize(result: dict) -> None:
-    """`by_class` and `max_lost_steps` from the run's `faults`, `restarts` and job outcomes."""
+    """`by_class`, `by_upload_mode` and `max_lost_steps` (against each job's bound) from the run's
+    `faults`, `restarts` and job outcomes."""
     faults, trans, outcomes = result["faults"], result["restarts"], result["jobs"]["outcomes"]
+    kinds, every = result["jobs"].get("kinds") or {}, result["every_steps"]
+    for t in trans:
+        kind = kinds.get(t["job"]) or {"upload": "background", "nodes": result["config"].get("nodes", 1)}
+        t.update(upload=kind["upload"], nodes=kind["nodes"], lost_steps_bound=lost_steps_bound(kind["upload"], every))
     by_class = {}
     for cls in [c for c in CLASSES if c in result["config"]["classes"]] + ["unattributed"]:
         fs = [f for f in faults if f["class"] == cls]
@@ -791,11 +834,28 @@ def summarize(result: dict) -> None:
             "jobs_finished_correctly": sum(outcomes.get(j) == "correct" for j in hit),
             "partial_checkpoints_used": sum(1 for t in ts if (t["resume_checked"] or "").startswith("partial")),
             "max_lost_steps": max((t["lost_steps"] for t in ts), default=0),
+            "lost_steps_over_bound": sum(t["lost_steps"] > t["lost_steps_bound"] for t in ts),
             "time_to_next_attempt_s": _spread(waits),
             "time_to_training_again_s": _spread(again),
         }
     result["by_class"] = by_class
     result["max_lost_steps"] = max((t["lost_steps"] for t in trans), default=0)
+    modes = sorted({k["upload"] for k in kinds.values()} or {"background"})
+    result["max_lost_steps_bound"] = max(lost_steps_bound(m, every) for m in modes)
+    result["lost_steps_over_bound"] = sum(t["lost_steps"] > t["lost_steps_bound"] for t in trans)
+    result["by_upload_mode"] = {m: _mode_summary(result, m, [t for t in trans if t["upload"] == m]) for m in modes}
+
+
+def _mode_summary(result: dict, mode: str, ts: list[dict]) -> dict:
+    jobs = [j for j, k in (result["jobs"].get("kinds") or {}).items() if k["upload"] == mode]
+    lags = sorted((result.get("upload_lag_steps") or {}).get(mode, []))
+    return {"jobs": len(jobs), "two_node_jobs": sum(result["jobs"]["kinds"][j]["nodes"] > 1 for j in jobs),
+            "jobs_finished_correctly": sum(result["jobs"]["outcomes"].get(j) == "correct" for j in jobs),
+            "restarts": len(ts), "max_lost_steps": max((t["lost_steps"] for t in ts), default=0),
+            "max_lost_steps_bound": lost_steps_bound(mode, result["every_steps"]),
+            "lost_steps_over_bound": sum(t["lost_steps"] > t["lost_steps_bound"] for t in ts),
+            "lost_steps": _spread(sorted(t["lost_steps"] for t in ts)),
+            "upload_lag_steps": _spread(lags)}
 
 
 def rescore(path: Path) -> dict:
@@ -882,6 +942,13 @@ def markdown(result: dict) -> str:
                     f"{v['jobs_hit']} / {v['jobs_finished_correctly']} | {v['partial_checkpoints_used']} | "
                     f"{v['max_lost_steps']} | {spread(v['time_to_next_attempt_s'])} | "
                     f"{spread(v['time_to_training_again_s'])} |")
+    if result.get("by_upload_mode"):
+        rows += ["", "| upload | jobs (two-node) / finished correctly | restarts | steps lost p50 / max | bound "
+                 "| over the bound | steps trained during an upload p50 / max |", "|---|---|---|---|---|---|---|"]
+        for mode, v in result["by_upload_mode"].items():
+            rows.append(f"| {mode} | {v['jobs']} ({v['two_node_jobs']}) / {v['jobs_finished_correctly']} | "
+                        f"{v['restarts']} | {spread(v['lost_steps'])} | {v['max_lost_steps_bound']} | "
+                        f"{v['lost_steps_over_bound']} | {spread(v['upload_lag_steps'])} |")
     return "\n".join(rows)
 
 
@@ -893,6 +960,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", default=",".join(CLASSES), help="comma-separated fault classes")
     p.add_argument("--concurrency", type=int, default=4, help="SFTJobs running at once (default 4)")
     p.add_argument("--nodes", type=int, default=1, help="workers.nodes of each job: processes per gang (default 1)")
+    p.add_argument("--sync-every", type=int, default=0,
+                   help="every K-th job (the 2nd, then every K) uploads checkpoints synchronously (default 0: none)")
+    p.add_argument("--two-node-every", type=int, default=0,
+                   help="every K-th job (the 3rd, then every K) runs on two nodes (default 0: none)")
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--every-steps", type=int, default=5, help="checkpoints.everySteps")
     p.add_argument("--faults-per-job", type=int, default=4, help="restarting faults per job before it may finish")
@@ -942,7 +1013,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(f"wrote {args.out}: {result['faults_total']} faults, partial {result['partial_checkpoints_used']}, "
-        f"duplicates {result['duplicate_gangs']}, max lost {result['max_lost_steps']} (everySteps {args.every_steps}), "
+        f"duplicates {result['duplicate_gangs']}, max lost {result['max_lost_steps']} (everySteps {args.every_steps}, "
+        f"bound {result['max_lost_steps_bound']}, {result['lost_steps_over_bound']} over it), "
         f"{result['jobs']['finished_correctly']}/{result['jobs']['total']} jobs correct")
     return 0
 

@@ -187,7 +187,7 @@ def download_for_node(source: CheckpointStore, ckpt: CommittedCheckpoint, workdi
 
     def fetch(tmp: Path) -> None:
         total = sum(int(f["size"]) for f in ckpt.manifest["files"])
-        log.info("checkpoint %d: this node (%s) downloads %d of its %d files, %d of %d bytes",
+        log.info("checkpoint %d: this node (%s) downloads %d of the checkpoint's %d files, %d of %d bytes",
                  ckpt.step, node.describe(), len(files), len(ckpt.manifest["files"]),
                  sum(int(f["size"]) for f in files), total)
         source.download(ckpt, tmp, files=files)

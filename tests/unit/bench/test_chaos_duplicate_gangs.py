@@ -113,3 +113,30 @@ def test_two_attempts_processes_alive_at_once_count_too(watch):
     watch.executor.start("j", 3)  # after attempt 2 exited: no overlap
     watch._duplicates([], NODES)
     assert len(watch.duplicates) == 1
+
+
+def test_each_restart_is_checked_against_its_jobs_lost_steps_bound(chaos):
+    every = 5
+    restarts = [  # (job, class, reached, resumed from)
+        ("bg", "trainer_sigkill", 19, 10),  # a kill while checkpoint 15 uploaded: 9 <= 2 x 5
+        ("bg", "sigterm", 21, 10),  # 11 > 10
+        ("sync", "trainer_sigkill", 15, 10),  # 5 <= 5
+        ("sync", "node_loss", 17, 10),  # 7 > 5
+    ]
+    result = {
+        "every_steps": every, "config": {"classes": list(chaos.CLASSES), "nodes": 1},
+        "faults": [{"class": c, "sub": c, "jobs": [j]} for j, c, _, _ in restarts],
+        "jobs": {"outcomes": {"bg": "correct", "sync": "correct"},
+                 "kinds": {"bg": {"upload": "background", "nodes": 2}, "sync": {"upload": "sync", "nodes": 1}}},
+        "upload_lag_steps": {"background": [1, 2, 4], "sync": [0, 0]},
+        "restarts": [{"job": j, "class": c, "lost_steps": r - f, "resume_checked": "committed",
+                      "next_attempt_s": 1.0, "training_again_s": 2.0} for j, c, r, f in restarts],
+    }
+    chaos.summarize(result)
+    assert (result["max_lost_steps"], result["max_lost_steps_bound"], result["lost_steps_over_bound"]) == (11, 10, 2)
+    bg, sync = result["by_upload_mode"]["background"], result["by_upload_mode"]["sync"]
+    assert (bg["max_lost_steps"], bg["max_lost_steps_bound"], bg["lost_steps_over_bound"], bg["two_node_jobs"]) == (11, 10, 1, 1)
+    assert (sync["max_lost_steps"], sync["max_lost_steps_bound"], sync["lost_steps_over_bound"]) == (7, 5, 1)
+    assert bg["upload_lag_steps"] == {"n": 3, "p50": 2, "max": 4}
+    assert [result["by_class"][c]["lost_steps_over_bound"] for c in ("trainer_sigkill", "sigterm", "node_loss")] == [0, 1, 1]
+    assert "| sync | 1 (0) / 1 | 2 |" in chaos.markdown(result)
