@@ -400,6 +400,12 @@ class EnvVar(_Model):
     value: Optional[Annotated[str, Field(max_length=4096)]] = None
 
 
+class LocalObjectReference(_Model):
+    """A Secret in the SFTJob's namespace, by name."""
+
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(description="Name of the Secret.")
+
+
 class WorkersSpec(_Model):
     """The gang of node pods: one pod per node, gpusPerNode processes per pod."""
 
@@ -418,6 +424,10 @@ class WorkersSpec(_Model):
         None, description="PriorityClass of the pods."
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra trainer environment variables.")
+    image_pull_secrets: Optional[list[LocalObjectReference]] = Field(
+        None, max_length=16, description="Secrets (kubernetes.io/dockerconfigjson) for pulling the trainer image from a "
+        "private registry; unset uses the operator's default (the chart's trainer.imagePullSecrets), [] uses none."
+    )
 
 
 class FailurePolicy(_Model):

@@ -43,6 +43,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Event": ("/api/v1", "events"),
     "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # read only: Kueue's verdict on a queued Job
     KIND: (f"/apis/{GROUP}/{VERSION}", PLURAL),

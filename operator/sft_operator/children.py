@@ -1,7 +1,8 @@
 """The desired Kubernetes children of one SFTJob attempt, as plain dicts.
 
 `render()` is the single builder: the operator applies its output and `sftctl render` prints it.
-Per job: ServiceAccount, Role, RoleBinding (the least-privilege progress channel).
+Per job: ServiceAccount, Role, RoleBinding (the least-privilege progress channel), NetworkPolicy
+(ingress only from the job's own pods, and the metrics port from the configured peers).
 Per attempt: ConfigMap (resolved trainer config), headless Service, Indexed Job.
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "service_name",
     "configmap_name",
     "trainer_sa_name",
+    "network_policy_name",
     "labels",
     "spec_dict",
     "LABEL_JOB",
@@ -87,6 +89,10 @@ def preflight_job_name(name: str, attempt: int) -> str:
 
 
 def trainer_sa_name(name: str) -> str:
+    return _dns_name(name, "-trainer", limit=253)
+
+
+def network_policy_name(name: str) -> str:
     return _dns_name(name, "-trainer", limit=253)
 
 
@@ -265,6 +271,35 @@ def _env_from(spec: Mapping) -> list[dict]:
     return [{"secretRef": {"name": n}} for n in names if n]
 
 
+def image_pull_secrets(workers: Mapping, settings: OperatorSettings) -> list[dict]:
+    """The spec's `workers.imagePullSecrets` when set (an empty list means none), else the operator's
+    default (the chart's `trainer.imagePullSecrets`)."""
+    own = workers.get("imagePullSecrets")
+    chosen = own if own is not None else settings.image_pull_secrets
+    return [{"name": s["name"]} for s in chosen or []]
+
+
+def pod_selector(name: str) -> dict:
+    """The pods of SFTJob `name`, every attempt and the preflight: the labels only the operator sets."""
+    return {"matchLabels": {LABEL_JOB: name, "app.kubernetes.io/managed-by": "sft-operator"}}
+
+
+def _network_policy(name: str, namespace: str, lbls: dict, owners: list[dict], settings: OperatorSettings) -> dict:
+    """torch's c10d store has no authentication, and gloo/NCCL connect between ranks on ephemeral
+    ports: every port is open to the job's own pods and to nothing else, but for the metrics port,
+    which `settings.metrics_from` may reach. Egress stays open (S3, the apiserver, DNS, the hub)."""
+    ingress: list[dict] = [{"from": [{"podSelector": pod_selector(name)}]}]
+    if settings.metrics_from:
+        ingress.append({"from": copy.deepcopy(settings.metrics_from),
+                        "ports": [{"protocol": "TCP", "port": settings.trainer_metrics_port}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(network_policy_name(name), namespace, lbls, owners),
+        "spec": {"podSelector": pod_selector(name), "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
 def kueue_labels(body: Mapping, settings: OperatorSettings) -> dict[str, str]:
     """Kueue's labels for the child Job: the SFTJob's queue (or the operator's default queue) and its
     WorkloadPriorityClass."""
@@ -331,6 +366,8 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
         if workers.get(key):
             pod_spec[key] = copy.deepcopy(workers[key])
+    if pull_secrets := image_pull_secrets(workers, settings):
+        pod_spec["imagePullSecrets"] = pull_secrets
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -375,6 +412,8 @@ def render(job: Any, *, attempt: int = 1, settings: OperatorSettings | None = No
     lbls = labels(name, attempt)
     sa = trainer_sa_name(name)
     svc = service_name(name, attempt)
+    # Before the Job, so that no pod of it runs unprotected.
+    policy = [_network_policy(name, namespace, lbls, owners, settings)] if settings.network_policy else []
     return [
         {
             "apiVersion": "v1",
@@ -394,6 +433,7 @@ def render(job: Any, *, attempt: int = 1, settings: OperatorSettings | None = No
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
         },
+        *policy,
         _configmap(body, name, namespace, attempt, owners),
         {
             "apiVersion": "v1",
@@ -477,6 +517,8 @@ def render_preflight(job: Any, *, attempt: int, spec_hash: str, settings: Operat
             {"name": "scratch", "emptyDir": {}},
         ],
     }
+    if pull_secrets := image_pull_secrets(spec.get("workers") or {}, settings):
+        pod_spec["imagePullSecrets"] = pull_secrets  # the same image as the trainer's
     preflight_job = {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -91,7 +91,7 @@ TIME_TO_RUNNING = Histogram(
     registry=REGISTRY,
 )
 API_RESOURCES = ("sftjobs", "sftjobs/status", "jobs", "pods", "services", "configmaps", "serviceaccounts", "roles",
-                 "rolebindings", "events", "other")
+                 "rolebindings", "networkpolicies", "events", "other")
 API_REQUESTS = Counter(
     "sftoperator_api_requests_total",
     "Requests the operator's reconcile passes sent to the apiserver, by verb (GET, POST, PATCH, DELETE) and "

@@ -25,6 +25,8 @@ OPERATOR_RULES: list[dict] = [
     # Server-side apply needs patch, and create when the object does not exist yet.
     {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": ["create", "patch", "delete"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "patch", "delete"]},
+    # The per-job NetworkPolicy (server-side apply; deleted with the other per-job children on TTL).
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "patch", "delete"]},
     # Node loss detection (kopf index of node names).
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
     # An Event for every transition (core/v1, as kopf and kubectl describe use); list: the Job

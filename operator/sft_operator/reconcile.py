@@ -51,7 +51,7 @@ class Event:
 
 @dataclass(frozen=True)
 class ChildRef:
-    kind: str  # Job | Pod | Service | ConfigMap | ServiceAccount | Role | RoleBinding
+    kind: str  # Job | Pod | Service | ConfigMap | ServiceAccount | Role | RoleBinding | NetworkPolicy
     name: str
     force: bool = False  # pods on a lost node: delete with grace 0
 
@@ -567,7 +567,8 @@ def _finished(p: _Pass) -> None:
         p.delete_attempt(a)
     p.delete_preflight([j for j in p.obs.preflight_jobs if not j.deleting])
     sa = ch.trainer_sa_name(p.name)
-    p.res.delete += [ChildRef("RoleBinding", sa), ChildRef("Role", sa), ChildRef("ServiceAccount", sa)]
+    p.res.delete += [ChildRef("RoleBinding", sa), ChildRef("Role", sa), ChildRef("ServiceAccount", sa),
+                     ChildRef("NetworkPolicy", ch.network_policy_name(p.name))]
     p.res.annotations[ttl.CLEANED_ANNOTATION] = p.now_s
     p.event("Normal", Reason.TTL_EXPIRED, f"ttlSecondsAfterFinished={limit} expired: children removed, status kept")
 

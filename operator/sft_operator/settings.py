@@ -32,6 +32,31 @@ def _json_dict(raw: str) -> dict:
     return value
 
 
+def _json_list(raw: str) -> list:
+    value = json.loads(raw)
+    if not isinstance(value, list):
+        raise ValueError("expected a JSON array")
+    return value
+
+
+def _pull_secrets(raw: str) -> list:
+    """A JSON array of LocalObjectReferences (`[{"name": "regcred"}]`) or of plain names."""
+    out = []
+    for item in _json_list(raw):
+        name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"expected {{\"name\": ...}} or a name, got {item!r}")
+        out.append({"name": name})
+    return out
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValueError("expected true or false")
+    return value in ("true", "1")
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     # -- image used when spec.workers.image is empty
@@ -78,6 +103,12 @@ class OperatorSettings:
     heartbeat_grace_seconds: float = 90.0
     # -- Kueue LocalQueue for SFTJobs without a kueue.x-k8s.io/queue-name label (unset: those are not queued)
     default_queue_name: str | None = None
+    # -- pull secrets of trainer pods when spec.workers.imagePullSecrets is unset ([{"name": ...}])
+    image_pull_secrets: list = field(default_factory=list)
+    # -- render a per-job NetworkPolicy: ingress only from the job's own pods, plus metrics_from
+    network_policy: bool = True
+    # -- NetworkPolicyPeers that may reach the trainer's metrics port (empty: only the job's pods)
+    metrics_from: list = field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> "OperatorSettings":
@@ -105,6 +136,9 @@ class OperatorSettings:
             phase_timeouts=_env("SFT_PHASE_TIMEOUTS", {}, _json_dict),
             heartbeat_grace_seconds=_env("SFT_HEARTBEAT_GRACE_SECONDS", d.heartbeat_grace_seconds, float),
             default_queue_name=_env("SFT_DEFAULT_QUEUE_NAME", None) or None,
+            image_pull_secrets=_env("SFT_IMAGE_PULL_SECRETS", [], _pull_secrets),
+            network_policy=_env("SFT_NETWORK_POLICY", d.network_policy, _bool),
+            metrics_from=_env("SFT_METRICS_FROM", [], _json_list),
         )
 
     def describe(self) -> dict:

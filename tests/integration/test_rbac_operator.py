@@ -61,8 +61,8 @@ def test_operator_can_do_its_work(kube_api, namespace, sftjob_crd, operator_iden
     assert [(o["kind"], o["metadata"]["name"]) for o in r.apply] == [("ConfigMap", "work-a1-config"), ("Job", "work-a1-preflight")]
     [check] = kwok_pods.wait_for_pods(namespace, "sft.dev/job-name=work,sft.dev/component=preflight", 1)
     kwok_pods.succeed(namespace, check.metadata.name)
-    r = one_pass(kapi, namespace, "work")  # passed: SA, Role (granting sftjobs/status), RoleBinding, CM, Service, Job
-    assert [o["kind"] for o in r.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    r = one_pass(kapi, namespace, "work")  # passed: SA, Role (granting sftjobs/status), RoleBinding, NetworkPolicy, CM, Service, Job
+    assert [o["kind"] for o in r.apply] == ["ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "ConfigMap", "Service", "Job"]
     job = client.BatchV1Api(kube_api).read_namespaced_job("work-a1", namespace)
     assert "sft-operator" in {m.manager for m in job.metadata.managed_fields}
     pods = kwok_pods.wait_for_pods(namespace, "sft.dev/job-name=work,sft.dev/component!=preflight", 1)
@@ -86,8 +86,9 @@ def test_operator_can_do_its_work(kube_api, namespace, sftjob_crd, operator_iden
     while one_pass(kapi, namespace, "work").status.get("phase") != "Succeeded" and time.monotonic() < deadline:
         time.sleep(0.3)
     r = one_pass(kapi, namespace, "work")
-    assert {d.kind for d in r.delete} >= {"Role", "RoleBinding", "ServiceAccount", "Job"}
+    assert {d.kind for d in r.delete} >= {"Role", "RoleBinding", "ServiceAccount", "NetworkPolicy", "Job"}
     assert status_code(lambda: client.RbacAuthorizationV1Api(kube_api).read_namespaced_role("work-trainer", namespace)) == 404
+    assert status_code(lambda: client.NetworkingV1Api(kube_api).read_namespaced_network_policy("work-trainer", namespace)) == 404
     events = client.CoreV1Api(kube_api).list_namespaced_event(namespace, field_selector="involvedObject.name=work").items
     assert {"PreflightPassed", "AttemptCreated", "PodFailed", "Completed", "TTLExpired"} <= {e.reason for e in events}
 

@@ -109,4 +109,23 @@ sft_operator.settings.OperatorSettings.from_env.
   value: {{ .Values.operator.healthPort | quote }}
 - name: SFT_PEERING_LIFETIME_SECONDS
   value: {{ .Values.operator.peering.lifetimeSeconds | quote }}
+{{- with .Values.trainer.imagePullSecrets }}
+- name: SFT_IMAGE_PULL_SECRETS
+  value: {{ toJson . | quote }}
+{{- end }}
+- name: SFT_NETWORK_POLICY
+  value: {{ .Values.trainer.networkPolicy.enabled | quote }}
+{{- if .Values.trainer.networkPolicy.enabled }}
+- name: SFT_METRICS_FROM
+  value: {{ include "sft-operator.metricsFrom" . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The peers that may reach trainer pods' metrics port, as JSON: the release namespace (where the
+chart's PodMonitor lives) and trainer.networkPolicy.metricsFrom.
+*/}}
+{{- define "sft-operator.metricsFrom" -}}
+{{- $release := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) }}
+{{- prepend (.Values.trainer.networkPolicy.metricsFrom | default list) $release | toJson }}
 {{- end }}

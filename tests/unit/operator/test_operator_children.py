@@ -29,7 +29,7 @@ def env_of(objs):
 
 def test_kinds_labels_and_owner_refs():
     objs = render(sftjob(), attempt=3, settings=S)
-    assert [o["kind"] for o in objs] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    assert [o["kind"] for o in objs] == ["ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "ConfigMap", "Service", "Job"]
     for o in objs:
         assert o["metadata"]["namespace"] == "ns"
         assert o["metadata"]["labels"]["sft.dev/job-name"] == "demo"

@@ -54,7 +54,7 @@ def both_running(attempt=1):
 
 def test_first_pass_creates_every_child_and_is_pending():
     r = run(sftjob(), obs())
-    assert [o["kind"] for o in r.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    assert [o["kind"] for o in r.apply] == ["ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "ConfigMap", "Service", "Job"]
     assert r.status["phase"] == "Pending"
     assert r.status["attempt"] == 1 and r.status["restarts"] == 0 and r.status["preemptions"] == 0
     assert r.status["observedGeneration"] == 1
@@ -311,7 +311,8 @@ def test_ttl_removes_children_once_and_keeps_status():
     r = run(body, world, 30)
     kinds = {(d.kind, d.name) for d in r.delete}
     assert {("Job", "demo-a1"), ("Job", "demo-a2"), ("ConfigMap", "demo-a2-config"), ("Service", "demo-a2"),
-            ("ServiceAccount", "demo-trainer"), ("Role", "demo-trainer"), ("RoleBinding", "demo-trainer")} <= kinds
+            ("ServiceAccount", "demo-trainer"), ("Role", "demo-trainer"), ("RoleBinding", "demo-trainer"),
+            ("NetworkPolicy", "demo-trainer")} <= kinds
     assert r.status_patch == {} and r.events[0].reason == "TTLExpired"
     again = run(applied(body, r), obs(), 40)
     assert again.noop
