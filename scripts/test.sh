@@ -31,6 +31,9 @@ PYTHONPATH="$root/dev" python3 -m sft_dev.images >"$log/images.out" 2>"$log/imag
 images_pid=$!
 venv="$(bash scripts/venv.sh)"
 echo "python env ready: $venv ($(( $(date +%s) - start ))s)"
+# checkov for tests/unit/security (its own venv, cached by version; the test builds it too if missing).
+"$venv/bin/python" -m sft_dev.checkov_tool --build >"$log/checkov.out" 2>"$log/checkov.err" &
+checkov_pid=$!
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   echo "installing Prometheus (Debian package)"
   if ! (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
@@ -54,6 +57,12 @@ fi
 cat "$log/images.out"
 echo "images ready ($(( $(date +%s) - start ))s)"
 
+if ! wait "$checkov_pid"; then
+  echo "error: building the checkov tool venv failed (needed by tests/unit/security):" >&2
+  tail -n 40 "$log/checkov.err" >&2
+  exit 1
+fi
+cat "$log/checkov.out"
 "$venv/bin/python" -m sft_api.crdgen --check
 export PATH="$venv/bin:$PATH"
 set +e

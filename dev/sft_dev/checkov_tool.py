@@ -200,7 +200,11 @@ def judge(findings: list[Finding], waivers: list[Waiver]) -> tuple[list[Finding]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sft_dev.checkov_tool", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="write the scan's figures as JSON here (e.g. bench/results/checkov.json)")
+    ap.add_argument("--build", action="store_true", help="only build (or find) the checkov tool venv")
     args = ap.parse_args(argv)
+    if args.build:
+        print(f"checkov {CHECKOV_VERSION}: {checkov_bin()}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="sft-checkov-") as tmp:
         files = render_manifests(Path(tmp))
         t0 = time.monotonic()
