@@ -34,6 +34,8 @@ HOST = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
 
 REAL_NODE_NAME = "real-node-0"  # sft_dev.realnode.NODE_NAME (kept here so cluster.py imports stay light)
+REAL_NODE_COMPONENTS = ("containerd", "apiserver-proxy", "coredns", "kubelet")  # the real node's (sft_dev.realnode)
+COREDNS_USER = "system:sft-dev:coredns"  # CoreDNS on the real node authenticates as this user
 
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 INSTANCE_TYPE = "p5.48xlarge"
@@ -248,7 +250,7 @@ class DevCluster:
         cfg = self.load_config()
         ports = self._ports(cfg).by_component() if cfg else {}
         out = []
-        real = ("containerd", "apiserver-proxy", "kubelet") if (cfg or {}).get("real_node", {}).get("enabled") else ()
+        real = REAL_NODE_COMPONENTS if (cfg or {}).get("real_node", {}).get("enabled") else ()
         real += ("kueue",) if (cfg or {}).get("kueue", {}).get("enabled") else ()
         for c in (*COMPONENTS, *real):
             rec = _read_pidfile(self.pidsdir / f"{c}.json")
@@ -270,7 +272,7 @@ class DevCluster:
             stopped += Kueue(self).down()
 
         rn = RealNode(self)
-        if any((self.pidsdir / f"{c}.json").exists() for c in ("kubelet", "containerd", "apiserver-proxy")) \
+        if any((self.pidsdir / f"{c}.json").exists() for c in REAL_NODE_COMPONENTS) \
                 or rn.owner() == self.state_dir:
             stopped += rn.down()
         cfg = self.load_config()
@@ -327,6 +329,8 @@ class DevCluster:
         cfg.update(nodes=nodes, gpus_per_node=gpus_per_node)
         # The real node's kubelet authenticates as system:node:<name> (the Node authorizer's identity).
         cfg["component_tokens"].setdefault("kubelet", secrets.token_hex(16))
+        # CoreDNS on the real node reads Services and EndpointSlices as a user of its own.
+        cfg["component_tokens"].setdefault("coredns", secrets.token_hex(16))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for d in (self.pki, self.logs, self.pidsdir):
             d.mkdir(exist_ok=True)
@@ -368,7 +372,7 @@ class DevCluster:
         except OSError:
             return False
         rec = _read_pidfile(self.pidsdir / "kube-apiserver.json") or {}
-        return (cfg["component_tokens"]["kubelet"] in tokens
+        return (cfg["component_tokens"]["kubelet"] in tokens and cfg["component_tokens"]["coredns"] in tokens
                 and any(a.startswith("--kubelet-client-certificate=") for a in rec.get("argv", [])))
 
     def _check_ports(self, p: Ports, grace: float = 0.0) -> None:
@@ -444,6 +448,7 @@ class DevCluster:
             f'{ct["kube-scheduler"]},system:kube-scheduler,uid-scheduler\n'
             f'{ct["kwok"]},kwok-controller,uid-kwok,"system:masters"\n'
             f'{ct["kubelet"]},system:node:{REAL_NODE_NAME},uid-node-{REAL_NODE_NAME},"system:nodes"\n'
+            f'{ct["coredns"]},{COREDNS_USER},uid-coredns\n'
         )
         os.chmod(self.pki / "tokens.csv", 0o600)
         self.kubeconfig.write_text(self._kubeconfig_text(server, "sft-dev-admin", cfg["token"]))

@@ -10,6 +10,14 @@ Pods on it really run. The facts this design follows were measured on this kind 
 - nothing can be pulled: a local pause image is imported as registry.k8s.io/pause:3.10 and pinned.
 - the node IP may not be loopback, and `kubectl logs` needs one: the bridge's own address.
 
+Cluster DNS: CoreDNS (built by realnode_build) runs as a host process on NODE_IP:53, the address
+pods already use for every host-side server, on their own subnet (no route, no Service IP, no
+kube-proxy needed). Its `kubernetes` plugin watches Services and EndpointSlices through the apiserver
+on 127.0.0.1 (a token of its own, a least-privilege ClusterRole) and answers `cluster.local`; every
+other name gets NXDOMAIN (no `forward`: pods resolve nothing outside the cluster). Kubelet gives pods
+clusterDNS NODE_IP and an empty host resolv.conf, so the machine's resolvers and search domains never
+reach a pod.
+
 Network: one bridge (BRIDGE) with the node's address (NODE_IP) and the `kubernetes` Service IP,
 pods on SUBNET with a route to the Service CIDR only, no NAT, no route anywhere else
 (ip_forward stays as it is). Instead of kube-proxy, the Service IP of `kubernetes` lives on the
@@ -31,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from sft_dev import realnode_build
+from sft_dev import cluster as _cluster, realnode_build
 
 NODE_NAME = "real-node-0"
 NODE_LABEL = "sft.dev/real-node"  # "true" on the real node; select it with nodeSelector
@@ -44,7 +52,10 @@ KUBELET_PORT = 10250
 RUN_DIR = Path("/run/sft-realnode")  # short paths: containerd's sockets must fit in sun_path
 SANDBOX_IMAGE = f"registry.k8s.io/pause:{realnode_build.PAUSE_VERSION}"
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI images and containers
-COMPONENTS = ("containerd", "apiserver-proxy", "kubelet")
+DNS_PORT = 53
+CLUSTER_DOMAIN = "cluster.local"
+# CoreDNS's user in the apiserver's token file, and the node's processes (pidfiles), as cluster.py has them
+COREDNS_USER, COMPONENTS = _cluster.COREDNS_USER, _cluster.REAL_NODE_COMPONENTS
 
 
 class RealNodeError(RuntimeError):
@@ -118,6 +129,41 @@ state = "{RUN_DIR / 'containerd'}"
 """
 
 
+def corefile(kubeconfig: Path, ready_port: int) -> str:
+    """cluster.local from the apiserver; NXDOMAIN for every other name (nothing is forwarded)."""
+    return f"""{CLUSTER_DOMAIN}:{DNS_PORT} {{
+    bind {NODE_IP}
+    errors
+    ready 127.0.0.1:{ready_port}
+    kubernetes {CLUSTER_DOMAIN} {{
+        kubeconfig {kubeconfig} sft-dev
+        ttl 5
+    }}
+}}
+.:{DNS_PORT} {{
+    bind {NODE_IP}
+    errors
+    template ANY ANY {{
+        rcode NXDOMAIN
+    }}
+}}
+"""
+
+
+def coredns_rbac() -> list[dict]:
+    """What CoreDNS's kubernetes plugin reads (without `pods verified`): Services, EndpointSlices and
+    Namespaces, list and watch only."""
+    name = "sft-dev:coredns"
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+         "rules": [{"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": ["list", "watch"]},
+                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}]},
+    ]
+
+
 def cni_conflist(state: Path) -> dict:
     return {
         "cniVersion": "1.0.0",
@@ -147,8 +193,10 @@ def kubelet_config(state: Path, ca_file: Path, healthz_port: int) -> dict:
         "failSwapOn": False,
         "podLogsDir": str(state / "pod-logs"),
         "volumePluginDir": str(state / "volume-plugins"),
-        "clusterDomain": "cluster.local",
-        "resolvConf": "/etc/resolv.conf",
+        # CoreDNS on the bridge; the empty host resolv.conf keeps the machine's resolvers and search
+        # domains out of pods (they resolve cluster.local and nothing else)
+        "clusterDNS": [NODE_IP], "clusterDomain": CLUSTER_DOMAIN,
+        "resolvConf": str(state / "host-resolv.conf"),
         "serializeImagePulls": False,
         # The images are imported, never pulled: keep them however full the disk gets.
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
@@ -408,6 +456,7 @@ class RealNode:
         if not has_image(SANDBOX_IMAGE):
             ctr("images", "import", str(pause_image_tar(self.state / "pause.tar")))
         self._start_proxy(cfg)
+        self._start_coredns(cfg, log)
         self._start_kubelet(cfg, log, timeout)
         load_built_images(log)
 
@@ -436,6 +485,29 @@ class RealNode:
                            lambda: _socket.create_connection((KUBERNETES_SERVICE_IP, 443), timeout=1).close() is None,
                            20)
 
+    def _start_coredns(self, cfg: dict, log) -> None:
+        c = self.cluster
+        ready = cfg.setdefault("real_node", {}).setdefault("coredns_ready_port", _free_port())
+        c.config_file.write_text(json.dumps(cfg, indent=1))
+
+        def is_ready() -> bool:
+            return c._get(f"http://127.0.0.1:{ready}/ready") == b"OK"
+
+        if self.alive("coredns"):
+            return
+        info = c.info()
+        for obj in coredns_rbac():
+            _apply(info, obj)
+        kubeconfig = c.pki / "coredns.kubeconfig"
+        kubeconfig.write_text(c._kubeconfig_text(f"https://127.0.0.1:{cfg['ports']['apiserver']}", COREDNS_USER,
+                                                 cfg["component_tokens"]["coredns"]))
+        os.chmod(kubeconfig, 0o600)
+        conf = self.state / "Corefile"
+        conf.write_text(corefile(kubeconfig, ready))
+        proc = c._spawn("coredns", [str(realnode_build.coredns_bin()), "-conf", str(conf)])
+        c._wait("coredns", proc, is_ready, 60)
+        _log(f"CoreDNS {realnode_build.COREDNS_VERSION} on {NODE_IP}:{DNS_PORT} ({CLUSTER_DOMAIN}; nothing else)", log)
+
     def _start_kubelet(self, cfg: dict, log, timeout: float) -> None:
         c = self.cluster
         token = cfg["component_tokens"]["kubelet"]
@@ -445,6 +517,7 @@ class RealNode:
         os.chmod(kubeconfig, 0o600)
         healthz = cfg.setdefault("real_node", {}).setdefault("healthz_port", _free_port())
         c.config_file.write_text(json.dumps(cfg, indent=1))
+        (self.state / "host-resolv.conf").write_text("")
         conf = self.state / "kubelet.json"
         conf.write_text(json.dumps(kubelet_config(self.state, c.pki / "ca.crt", healthz), indent=1))
         if not self.alive("kubelet"):
@@ -478,7 +551,7 @@ class RealNode:
             n = kill_containers()
             if n:
                 stopped.append(f"{n} container(s)")
-        for name in ("apiserver-proxy", "containerd"):
+        for name in ("coredns", "apiserver-proxy", "containerd"):
             rec = _read_pidfile(self._pidfile(name))
             if rec and self.alive(name):
                 _terminate(rec["pid"], rec.get("start"))
@@ -504,6 +577,27 @@ class RealNode:
         # kubelet's pod dirs (emptyDirs with the trainers' scratch) are not worth keeping
         shutil.rmtree(self.state / "kubelet" / "pods", ignore_errors=True)
         return stopped
+
+
+def _apply(info, obj: dict) -> None:
+    """Create or replace one cluster-scoped object through the apiserver (server-side apply)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    group, _, version = obj["apiVersion"].rpartition("/")
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    plural = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}[obj["kind"]]
+    url = f"{info.server}{base}/{plural}/{obj['metadata']['name']}?fieldManager=sft-dev&force=true"
+    req = urllib.request.Request(url, data=json.dumps(obj).encode(), method="PATCH", headers={
+        "Authorization": f"Bearer {info.token}", "Content-Type": "application/apply-patch+yaml"})
+    ctx = ssl.create_default_context(cafile=str(info.ca_file))
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            r.read()
+    except urllib.error.HTTPError as e:
+        raise RealNodeError(f"applying {obj['kind']} {obj['metadata']['name']}: HTTP {e.code} "
+                            f"{e.read().decode(errors='replace')[:300]}") from e
 
 
 def _free_port() -> int:

@@ -8,6 +8,9 @@ proxy, into a cache directory keyed by their versions (like sft_dev.build for th
   are too old for containerd 2.4 (see ../shared/TOOLING.md).
 - kubelet is `k8s.io/kubernetes/cmd/kubelet` in the same wrapper module that builds the control
   plane (sft_dev.build), so it is the same Kubernetes release.
+- CoreDNS v1.13.1 (cluster DNS) has no replace directives: `go install pkg@version`, CGO off, into
+  its own version-keyed directory (coredns_dir()) with the same Go caches, so adding it (or changing
+  its version) rebuilds nothing else.
 - pause: the pod sandbox's process. Nothing can be pulled here, so it is a 20-line Go program that
   sleeps until SIGTERM, imported as registry.k8s.io/pause:3.10.
 
@@ -29,6 +32,7 @@ from sft_dev.build import BuildError, K8S_VERSION, _lock, _run_go, cache_root
 
 CONTAINERD_VERSION = "v2.4.2"
 RUNC_VERSION = "v1.5.3"
+COREDNS_VERSION = "v1.13.1"
 PAUSE_VERSION = "3.10"  # the name kubelet 1.36 expects for its sandbox image
 BINARIES = ("containerd", "ctr", "containerd-shim-runc-v2", "runc", "kubelet", "pause")
 # Debian packages the build and the node need, with what each is for (installed by apt_install).
@@ -63,6 +67,41 @@ def version_dir() -> Path:
 
 def bin_dir() -> Path:
     return version_dir() / "bin"
+
+
+def coredns_dir() -> Path:
+    return cache_root() / f"realnode-coredns-{COREDNS_VERSION}"
+
+
+def coredns_bin() -> Path:
+    return coredns_dir() / "bin" / "coredns"
+
+
+def coredns_ready() -> bool:
+    try:
+        stamp = json.loads((coredns_dir() / "bin" / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get("coredns") == COREDNS_VERSION and os.access(coredns_bin(), os.X_OK)
+
+
+def build_coredns(log=sys.stderr) -> float:
+    """Build CoreDNS into coredns_dir()/bin; returns the seconds it took."""
+    go = cp_build.find_go()
+    out = coredns_dir() / "bin"
+    tmp = coredns_dir() / "bin.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t = time.monotonic()
+    print(f"building coredns {COREDNS_VERSION}", file=log, flush=True)
+    genv = dict(cp_build._go_env(), GOBIN=str(tmp), GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
+    _run_go([str(go), "install", "-trimpath", "-ldflags=-s -w", f"github.com/coredns/coredns@{COREDNS_VERSION}"],
+            coredns_dir(), genv, f"building coredns {COREDNS_VERSION}", log)
+    seconds = round(time.monotonic() - t, 1)
+    (tmp / "stamp.json").write_text(json.dumps({"coredns": COREDNS_VERSION, "seconds": seconds}, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return seconds
 
 
 def _stamp() -> dict:
@@ -164,7 +203,7 @@ def build(log=sys.stderr) -> dict[str, float]:
 
 def ensure_binaries(force: bool = False, log=sys.stderr) -> Path:
     """The bin dir holding the real node's binaries; builds them (minutes, once) when missing."""
-    if not force and binaries_ready() and not missing_apt_packages():
+    if not force and binaries_ready() and coredns_ready() and not missing_apt_packages():
         return bin_dir()
     with _lock(version_dir().parent / f".build-{version_dir().name}.lock"):
         if force or not binaries_ready():
@@ -173,6 +212,8 @@ def ensure_binaries(force: bool = False, log=sys.stderr) -> Path:
             build(log=log)
         else:
             apt_install(missing_apt_packages(), log)
+        if force or not coredns_ready():
+            build_coredns(log=log)
     return bin_dir()
 
 
@@ -188,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         seconds = json.loads((path / "stamp.json").read_text()).get("seconds", {})
     except (OSError, ValueError):
         seconds = {}
-    print(f"real node binaries: containerd {CONTAINERD_VERSION}, runc {RUNC_VERSION}, kubelet {K8S_VERSION}",
+    try:
+        seconds["coredns"] = json.loads((coredns_bin().parent / "stamp.json").read_text())["seconds"]
+    except (OSError, ValueError, KeyError):
+        pass
+    print(f"real node binaries: containerd {CONTAINERD_VERSION}, runc {RUNC_VERSION}, kubelet {K8S_VERSION}, "
+          f"coredns {COREDNS_VERSION}",
           file=sys.stderr)
     if seconds:
         print("last build: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()), file=sys.stderr)

@@ -84,3 +84,30 @@ def test_forwarder_passes_bytes_both_ways(tmp_path):
         proc.kill()
         proc.wait(5)
         srv.close()
+
+
+def test_corefile_serves_cluster_local_on_the_bridge_and_forwards_nothing(tmp_path):
+    conf = realnode.corefile(tmp_path / "coredns.kubeconfig", 10998)
+    assert conf.count(f"bind {realnode.NODE_IP}") == 2  # both server blocks, never 0.0.0.0 or 127.0.0.1
+    assert f"kubernetes {realnode.CLUSTER_DOMAIN} {{" in conf
+    assert f"kubeconfig {tmp_path / 'coredns.kubeconfig'} sft-dev" in conf
+    assert "ready 127.0.0.1:10998" in conf
+    # no resolver of the machine is ever asked: every other name is NXDOMAIN
+    assert "forward" not in conf and "resolv.conf" not in conf and "proxy" not in conf
+    assert "rcode NXDOMAIN" in conf.split(".:53", 1)[1]
+
+
+def test_coredns_may_only_list_and_watch_what_its_plugin_reads():
+    role, binding = realnode.coredns_rbac()
+    assert {v for r in role["rules"] for v in r["verbs"]} == {"list", "watch"}
+    assert {(g, res) for r in role["rules"] for g in r["apiGroups"] for res in r["resources"]} == {
+        ("", "services"), ("", "namespaces"), ("discovery.k8s.io", "endpointslices")}
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                    "name": realnode.COREDNS_USER}]
+
+
+def test_kubelet_points_pods_at_coredns_and_keeps_the_hosts_resolvers_out(tmp_path):
+    cfg = realnode.kubelet_config(tmp_path, tmp_path / "ca.crt", 10999)
+    assert cfg["clusterDNS"] == [realnode.NODE_IP] and cfg["clusterDomain"] == "cluster.local"
+    assert cfg["resolvConf"] == str(tmp_path / "host-resolv.conf") != "/etc/resolv.conf"
+    assert "coredns" in realnode.COMPONENTS and realnode.COMPONENTS.index("coredns") < realnode.COMPONENTS.index("kubelet")
