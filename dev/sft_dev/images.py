@@ -59,7 +59,7 @@ IMAGES = {
                           ("pyproject.toml", "README.md", "api", "operator"), ("operator",)),
     # The CPU variant: the same Dockerfile without the GPU-only extras.
     "trainer": ImageSpec("trainer", "trainer-image/Dockerfile", "sft-operator/trainer:dev",
-                         ("pyproject.toml", "README.md", "api", "trainer-image"), ("trainer",),
+                         ("pyproject.toml", "README.md", "api", "trainer-image", "examples/data"), ("trainer",),
                          (("EXTRAS", "trainer"),)),
 }
 

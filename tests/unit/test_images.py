@@ -60,7 +60,10 @@ def test_trainer_pods_have_a_read_only_root_and_write_only_under_tmp(which):
     env = _env(TRAINER)
     for key in ("HOME", "HF_HOME", "MPLCONFIGDIR", "TRITON_CACHE_DIR", "SFT_WORKDIR"):
         assert env[key] == "/tmp" or env[key].startswith("/tmp/"), f"{key}={env[key]} is not on the emptyDir"
-    assert re.findall(r"^WORKDIR (\S+)$", TRAINER, re.M)[-1] == "/tmp"
+    # the working directory is read-only: it holds the examples' data, which scheme-less input paths
+    # resolve against; the trainer moves to SFT_WORKDIR for scheme-less outputs (sft_trainer.__main__)
+    assert re.findall(r"^WORKDIR (\S+)$", TRAINER, re.M)[-1] == "/opt/sft-operator/examples"
+    assert "COPY examples/data/ /opt/sft-operator/examples/data/" in TRAINER
 
 
 def test_operator_image_user_is_the_charts_run_as_user():

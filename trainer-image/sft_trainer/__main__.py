@@ -58,6 +58,16 @@ def _load(path: str):
         raise exit_codes.ConfigError(str(e))
 
 
+def _outputs_under(job, workdir: Path) -> None:
+    """Scheme-less relative checkpoint and output paths go under the work dir, the pod's writable
+    scratch (pod-local: they vanish with the pod). Scheme-less inputs stay relative to the working
+    directory, the image's read-only one, which holds the examples' data."""
+    for holder in (job.spec.checkpoints, job.spec.output):
+        uri = getattr(holder, "uri", None)
+        if uri and "://" not in uri and not os.path.isabs(uri):
+            holder.uri = str(workdir / uri)
+
+
 def _exit_file(workdir: Path, rank: int) -> Path:
     return workdir / f"exit-code-rank{rank}"
 
@@ -67,12 +77,13 @@ def worker(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         job = _load(args.config)
         from .train import train
 
+        _outputs_under(job, workdir)
         result = train(job, workdir=workdir, metrics_port=args.metrics_port)
         code, msg = result.exit_code, result.message
     except exit_codes.TrainerError as e:
