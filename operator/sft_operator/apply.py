@@ -7,6 +7,10 @@
   only ever created (their pod template is immutable and Kueue owns `spec.suspend` after admission).
 - Deletes ignore 404; the next attempt starts only once reconcile sees no pod of an earlier one.
 - Events are posted only after the status write succeeded (and before the children change).
+- A per-job ServiceAccount, Role or RoleBinding whose live content (kopf index, `live_content`)
+  already holds every field the operator renders is not re-applied (`unchanged`): a restart re-sends
+  nothing. One deleted, or edited away from the rendered content, is applied again.
+- `write_result` returns the newest SFTJob body its writes got back, which the next pass starts from.
 - Errors are classified as kopf classifies handler errors: a `TemporaryError` (apiserver unreachable,
   throttled, overloaded, timed out) is retried after its `delay` or the work queue's per-key backoff;
   a `PermanentError` (the request itself is refused: 400, 403, 404, 422, ...) is not retried as-is.
@@ -16,12 +20,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import socket
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from urllib3.exceptions import HTTPError
 
@@ -29,7 +34,7 @@ from .children import GROUP, KIND, PLURAL, VERSION
 from .reconcile import ChildRef, Event, Result
 
 __all__ = ["FIELD_MANAGER", "Conflict", "ApiError", "TemporaryError", "PermanentError", "ChildRefused", "classify",
-           "KubeApi", "write_result"]
+           "KubeApi", "write_result", "live_content", "unchanged", "SKIPPABLE_KINDS"]
 
 FIELD_MANAGER = "sft-operator"
 log = logging.getLogger("sft_operator.apply")
@@ -276,25 +281,69 @@ def post_event(api: KubeApi, body: dict, event: Event) -> None:
         log.warning("event %s/%s not posted: %s", event.reason, meta["name"], exc)
 
 
-def write_result(api: KubeApi, body: dict, result: Result) -> None:
+def write_result(api: KubeApi, body: dict, result: Result, live: Mapping[tuple[str, str], dict] | None = None) -> dict:
+    """Write `result`; `live` maps (kind, name) to the `live_content` of the job's existing per-job
+    children (None: unknown, apply everything). Returns the newest body the SFTJob writes returned."""
+    from .metrics import SKIPPED_APPLIES, UNCHANGED_WRITES
+
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    latest = body
     if result.status_patch:
-        api.merge_patch(
+        got = api.merge_patch(
             KIND,
             ns,
             name,
             {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": result.status_patch},
             subresource="status",
         )
+        if got:
+            if (got.get("metadata") or {}).get("resourceVersion") == meta["resourceVersion"]:
+                UNCHANGED_WRITES.labels(resource=f"{PLURAL}/status").inc()  # the write changed nothing
+            latest = got
     for event in result.events:  # right after the status write they describe
         post_event(api, body, event)
     if result.annotations:
-        api.merge_patch(KIND, ns, name, {"metadata": {"annotations": result.annotations}})
+        latest = api.merge_patch(KIND, ns, name, {"metadata": {"annotations": result.annotations}}) or latest
     for ref in result.delete:
         _delete(api, ns, ref)
     for obj in result.apply:
+        if live is not None and unchanged(obj, live.get((obj["kind"], obj["metadata"]["name"]))):
+            SKIPPED_APPLIES.labels(kind=obj["kind"]).inc()
+            continue
         _apply(api, obj)
+    return latest
+
+
+# Children that are the same object across attempts (one per SFTJob) and watched through kopf indices.
+SKIPPABLE_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+_META_COMPARED = ("name", "namespace", "labels", "annotations", "ownerReferences")
+
+
+def live_content(body: Mapping) -> dict:
+    """What `unchanged` compares of a live child: its top-level content and the metadata the operator sets."""
+    meta = body.get("metadata") or {}
+    out = {k: copy.deepcopy(v) for k, v in body.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+    out["metadata"] = {k: copy.deepcopy(meta[k]) for k in _META_COMPARED if k in meta}
+    return out
+
+
+def _contains(live: Any, want: Any) -> bool:
+    if isinstance(want, Mapping):
+        return isinstance(live, Mapping) and all(_contains(live.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(live, list) and len(live) == len(want) and all(map(_contains, live, want))
+    return live == want
+
+
+def unchanged(obj: Mapping, live: Mapping | None) -> bool:
+    """True when the live child (`live_content`) already holds every field of the rendered `obj`, so a
+    server-side apply would change nothing. Fields others added (defaults, other managers) do not count."""
+    if live is None or obj["kind"] not in SKIPPABLE_KINDS:
+        return False
+    want = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+    want["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k in _META_COMPARED}
+    return _contains(live, want)
 
 
 def _apply(api: KubeApi, obj: dict) -> None:

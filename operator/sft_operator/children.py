@@ -410,6 +410,9 @@ def render(job: Any, *, attempt: int = 1, settings: OperatorSettings | None = No
     spec = body.get("spec") or {}
     owners = _owner_refs(meta)
     lbls = labels(name, attempt)
+    # The per-job ServiceAccount, Role and RoleBinding are the same objects in every attempt: no attempt
+    # label, so a restart finds them unchanged and does not re-apply them (apply.unchanged).
+    per_job = {k: v for k, v in lbls.items() if k != LABEL_ATTEMPT}
     sa = trainer_sa_name(name)
     svc = service_name(name, attempt)
     # Before the Job, so that no pod of it runs unprotected.
@@ -418,18 +421,18 @@ def render(job: Any, *, attempt: int = 1, settings: OperatorSettings | None = No
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(sa, namespace, lbls, owners),
+            "metadata": _meta(sa, namespace, per_job, owners),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _meta(sa, namespace, lbls, owners),
+            "metadata": _meta(sa, namespace, per_job, owners),
             "rules": trainer_rules(name),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _meta(sa, namespace, lbls, owners),
+            "metadata": _meta(sa, namespace, per_job, owners),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
         },

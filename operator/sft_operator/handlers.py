@@ -14,8 +14,13 @@ Errors are classified (apply.py): temporary ones retry with the queue's per-key 
 permanent ones wait for the next change; a child the apiserver refuses is recorded in the SFTJob's
 status (condition ChildCreateFailed, a Warning event) and retried with the job's own backoff.
 
-Children are observed through kopf in-memory indices (no list calls per pass); the SFTJob itself is
-read fresh from the apiserver, and the status write is guarded by its resourceVersion.
+Children are observed through kopf in-memory indices (no list calls per pass). The SFTJob body a
+pass starts from is the newest one seen (`BodyCache`: its watch events and the responses of the
+operator's own writes), so a pass sends no GET; the status write is guarded by that body's
+resourceVersion, so a stale body gets 409 and the pass is recomputed from a fresh GET. The per-job
+ServiceAccount, Role and RoleBinding are indexed too, so a restart does not re-apply them unchanged;
+and a pass that runs before kopf's Job index shows the Job an earlier pass created does not send that
+attempt's children again (`Expectations`).
 
 Run: `python -m sft_operator.run_operator` (or `kopf run -m sft_operator.handlers`).
 """
@@ -23,6 +28,7 @@ Run: `python -m sft_operator.run_operator` (or `kopf run -m sft_operator.handler
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -33,7 +39,8 @@ import kopf
 from sft_api.contract import FINALIZER
 
 from . import metrics
-from .apply import ApiError, ChildRefused, Conflict, KubeApi, PermanentError, TemporaryError, classify, write_result
+from .apply import (ApiError, ChildRefused, Conflict, KubeApi, PermanentError, TemporaryError, classify, live_content,
+                    write_result)
 from .children import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
 from .policies import kueue
 from .observe import Observation, observation, observe_job, observe_pod, parse_time
@@ -46,8 +53,74 @@ log = logging.getLogger("sft_operator")
 CHILD_LABELS = {LABEL_JOB: kopf.PRESENT, LABEL_ATTEMPT: kopf.PRESENT}
 
 
+def _rv(body: Mapping) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:  # opaque to clients by contract; etcd's are integers
+        return 0
+
+
+class BodyCache:
+    """The newest SFTJob body per key: from kopf's watch events and from the operator's own writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bodies: dict[tuple[str, str], Mapping] = {}
+
+    def offer(self, key: tuple[str, str], body: Mapping | None) -> None:
+        if not body:
+            return
+        with self._lock:
+            have = self._bodies.get(key)
+            if have is None or _rv(body) >= _rv(have):
+                self._bodies[key] = body
+
+    def get(self, key: tuple[str, str]) -> Mapping | None:
+        with self._lock:
+            return self._bodies.get(key)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._bodies.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+
+class Expectations:
+    """The Jobs a pass created that kopf's Job index has not shown yet, in the manner of the Job
+    controller's expectations: until they show (or `timeout` passes), a pass that would create the same
+    Jobs again (its children rendered from an index that lags behind) applies nothing."""
+
+    def __init__(self, timeout: float = 15.0) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
+
+    def created(self, key: tuple[str, str], result: Result) -> None:
+        names = frozenset(o["metadata"]["name"] for o in result.apply if o["kind"] == "Job")
+        if names:
+            with self._lock:
+                self._jobs[key] = (names, time.monotonic() + self.timeout)
+
+    def unseen(self, key: tuple[str, str], obs: Observation, result: Result) -> bool:
+        """True when every Job `result` would create was created by an earlier pass and is not indexed yet."""
+        with self._lock:
+            names, until = self._jobs.get(key, (frozenset(), 0.0))
+            seen = {j.name for j in (*obs.jobs, *obs.preflight_jobs)}
+            if not names or time.monotonic() > until or names <= seen:
+                self._jobs.pop(key, None)
+                return False
+        wanted = {o["metadata"]["name"] for o in result.apply if o["kind"] == "Job"}
+        return bool(wanted) and wanted <= names
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._jobs.pop(key, None)
+
+
 class _State:
-    """Process-wide state: settings, API client, the work queue and kopf's child indices."""
+    """Process-wide state: settings, API client, the work queue, kopf's child indices, the body cache."""
 
     def __init__(self) -> None:
         self.settings: OperatorSettings = load_settings()
@@ -56,6 +129,8 @@ class _State:
                                retry_seconds=self.settings.retry_base_seconds,
                                max_retry_seconds=self.settings.retry_max_seconds)
         self.indices: dict[str, Any] = {}
+        self.bodies = BodyCache()
+        self.expected = Expectations()
         self.metrics_server = None
 
     @property
@@ -137,6 +212,35 @@ def sft_nodes(name: str, **_: Any) -> dict:
     return {name: True}
 
 
+# The per-job ServiceAccount, Role and RoleBinding (the same objects in every attempt): what they hold
+# now, so that a restart applies only the ones deleted or edited (apply.unchanged).
+JOB_LABEL_ONLY = {LABEL_JOB: kopf.PRESENT}
+RBAC_INDICES = ("sft_child_serviceaccounts", "sft_child_roles", "sft_child_rolebindings")
+
+
+@kopf.index("", "v1", "serviceaccounts", labels=JOB_LABEL_ONLY)
+def sft_child_serviceaccounts(body: Mapping, namespace: str, name: str, labels: Mapping, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_JOB]): ("ServiceAccount", name, live_content(body))}
+
+
+@kopf.index("rbac.authorization.k8s.io", "v1", "roles", labels=JOB_LABEL_ONLY)
+def sft_child_roles(body: Mapping, namespace: str, name: str, labels: Mapping, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_JOB]): ("Role", name, live_content(body))}
+
+
+@kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=JOB_LABEL_ONLY)
+def sft_child_rolebindings(body: Mapping, namespace: str, name: str, labels: Mapping, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_JOB]): ("RoleBinding", name, live_content(body))}
+
+
+def _live_children(key: tuple[str, str], indices: Mapping[str, Any]) -> dict | None:
+    """(kind, name) -> live content of the job's per-job children; None before the indices are known."""
+    idxs = [indices.get(n) for n in RBAC_INDICES]
+    if any(idx is None for idx in idxs):
+        return None
+    return {(kind, name): content for idx in idxs for kind, name, content in idx.get(key, ())}
+
+
 def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes_idx) -> Observation:
     jobs = tuple(jobs_idx.get(key, ())) if jobs_idx is not None else ()
     pods = tuple(pods_idx.get(key, ())) if pods_idx is not None else ()
@@ -188,27 +292,64 @@ def _with_queue_message(api: KubeApi, body: Mapping, obs: Observation) -> Observ
 # -- the one reconcile path -------------------------------------------------------------------------
 
 
-def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes_idx=None) -> Result | None:
-    """One pass for one SFTJob: fresh read, pure reconcile, write. Callers must not run two passes
-    of the same SFTJob at once (the work queue guarantees it)."""
+def _read(key: tuple[str, str], fresh: bool) -> Mapping | None:
+    """The pass's SFTJob body: the cached newest one, or (`fresh`, or nothing cached) a GET."""
+    body = None if fresh else STATE.bodies.get(key)
+    if body is not None:
+        metrics.SFTJOB_READS.labels(source="cache").inc()
+        return body
+    metrics.SFTJOB_READS.labels(source="get").inc()
+    body = STATE.api.get("SFTJob", *key)
+    if body is None:
+        STATE.bodies.forget(key)
+    else:
+        STATE.bodies.offer(key, body)
+    return body
+
+
+def _gone(key: tuple[str, str]) -> None:
+    metrics.forget_job(key)
+    STATE.bodies.forget(key)
+    STATE.expected.forget(key)
+
+
+def _skip_applies(result: Result) -> None:
+    for obj in result.apply:
+        metrics.SKIPPED_APPLIES.labels(kind=obj["kind"]).inc()
+    result.apply = []
+
+
+def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes_idx=None,
+                  live: Mapping | None = None) -> Result | None:
+    """One pass for one SFTJob: read (cached, or fresh after a conflict), pure reconcile, write. Callers
+    must not run two passes of the same SFTJob at once (the work queue guarantees it)."""
     key = (namespace, name)
     api = STATE.api
-    for _ in range(5):
+    for i in range(5):
         started = time.monotonic()
-        body = api.get("SFTJob", namespace, name)
+        body = _read(key, fresh=i > 0)
         if body is None:
-            metrics.forget_job(key)
+            _gone(key)
             return None
         obs = _with_pod_create_errors(api, body, _observation(key, jobs_idx, pods_idx, nodes_idx))
         obs = _with_queue_message(api, body, obs)
         now = datetime.now(timezone.utc)
         result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
+        if result.apply and STATE.expected.unseen(key, obs, result):
+            _skip_applies(result)  # created by an earlier pass; kopf's Job index has not caught up
         try:
-            write_result(api, body, result)
+            STATE.bodies.offer(key, write_result(api, body, result, live))
         except Conflict:
             continue  # changed under us (often a progress patch): recompute from a fresh read
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            _gone(key)  # deleted since the cached body was seen
+            return None
         except ChildRefused as refused:
             result = _record_refusal(key, obs, refused)
+        else:
+            STATE.expected.created(key, result)
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         _record(key, body, result, now)
         return result
@@ -225,7 +366,7 @@ def _record_refusal(key: tuple[str, str], obs: Observation, refused: ChildRefuse
         result = child_create_failed(body, obs, datetime.now(timezone.utc), STATE.settings, kind=refused.kind,
                                      name=refused.name, code=refused.error.status, message=refused.error.message)
         try:
-            write_result(STATE.api, body, result)
+            STATE.bodies.offer(key, write_result(STATE.api, body, result))
             return result
         except Conflict:
             continue
@@ -268,6 +409,7 @@ def _process(key: tuple[str, str]) -> float | None:
             jobs_idx=STATE.indices.get("sft_child_jobs"),
             pods_idx=STATE.indices.get("sft_child_pods"),
             nodes_idx=STATE.indices.get("sft_nodes"),
+            live=_live_children(key, STATE.indices),
         )
     except ApiError as exc:
         if exc.status == 403 and "being terminated" in str(exc):
@@ -285,7 +427,7 @@ def _trigger(namespace: str | None, name: str | None, kwargs: Mapping) -> None:
     if not namespace or not name:
         return
     if not STATE.indices:
-        STATE.indices = {k: kwargs.get(k) for k in ("sft_child_jobs", "sft_child_pods", "sft_nodes")}
+        STATE.indices = {k: kwargs.get(k) for k in ("sft_child_jobs", "sft_child_pods", "sft_nodes", *RBAC_INDICES)}
     STATE.queue.add((namespace, name))
 
 
@@ -295,8 +437,9 @@ def _trigger(namespace: str | None, name: str | None, kwargs: Mapping) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def sftjob_event(type: str | None, name: str, namespace: str, **kwargs: Any) -> None:
     if type == "DELETED":
-        metrics.forget_job((namespace, name))
+        _gone((namespace, name))
         return
+    STATE.bodies.offer((namespace, name), (kwargs.get("event") or {}).get("object"))
     _trigger(namespace, name, kwargs)
 
 

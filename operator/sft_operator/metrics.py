@@ -8,6 +8,10 @@
 - sftoperator_reconcile_errors_total: reconcile passes that raised (kopf retries them)
 - sftoperator_time_to_running_seconds: SFTJob creation to all pods of the first attempt running
 - sftoperator_build_info{version}: always 1
+- sftoperator_api_requests_total{verb, resource}: the reconcile passes' own requests to the apiserver
+- sftoperator_sftjob_reads_total{source}: pass bodies from the cache (watch events, write responses) or a GET
+- sftoperator_skipped_applies_total{kind}: child applies not sent (the live object matches, or its Job is on the way)
+- sftoperator_unchanged_writes_total{resource}: status writes the apiserver took without a change
 """
 
 from __future__ import annotations
@@ -97,6 +101,26 @@ API_REQUESTS = Counter(
     "Requests the operator's reconcile passes sent to the apiserver, by verb (GET, POST, PATCH, DELETE) and "
     "resource (" + ", ".join(API_RESOURCES) + "); the watches of kopf are not counted",
     labelnames=["verb", "resource"],
+    registry=REGISTRY,
+)
+SKIPPED_APPLIES = Counter(
+    "sftoperator_skipped_applies_total",
+    "Child applies not sent: a per-job ServiceAccount, Role or RoleBinding whose live object already holds the "
+    "rendered content, or the children of an attempt whose Job an earlier pass created and kopf's index lacks yet",
+    labelnames=["kind"],
+    registry=REGISTRY,
+)
+UNCHANGED_WRITES = Counter(
+    "sftoperator_unchanged_writes_total",
+    "SFTJob status writes the apiserver accepted without a change (the same resourceVersion came back)",
+    labelnames=["resource"],
+    registry=REGISTRY,
+)
+SFTJOB_READS = Counter(
+    "sftoperator_sftjob_reads_total",
+    "Where a reconcile pass got its SFTJob body: cache (the newest watch event or write response) or "
+    "get (a fresh read: nothing cached, or a write conflicted)",
+    labelnames=["source"],
     registry=REGISTRY,
 )
 BUILD_INFO = Gauge("sftoperator_build_info", "Build information; always 1", labelnames=["version"], registry=REGISTRY)

@@ -23,8 +23,12 @@ OPERATOR_RULES: list[dict] = [
     # Pods: watched for failures; an old attempt's pods on a lost node are force-deleted.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "delete"]},
     # Server-side apply needs patch, and create when the object does not exist yet.
-    {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": ["create", "patch", "delete"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "patch", "delete"]},
+    # The per-job ServiceAccount, Role and RoleBinding are watched too (kopf indices): a restart
+    # re-applies only the ones deleted or edited.
+    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
+     "verbs": ["list", "watch", "create", "patch", "delete"]},
     # The per-job NetworkPolicy (server-side apply; deleted with the other per-job children on TTL).
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "patch", "delete"]},
     # Node loss detection (kopf index of node names).
