@@ -326,11 +326,24 @@ class CheckpointSpec(_Model):
     )
 
 
+class ExportCheckpoint(str, Enum):
+    last = "last"
+    best_eval_loss = "bestEvalLoss"
+    best_golden_pass_rate = "bestGoldenPassRate"
+
+
 class OutputSpec(_Model):
-    """Where the final model goes."""
+    """Where the final model goes, and which checkpoint it is."""
 
     uri: Optional[Uri] = Field(None, description="Final model (or adapter) location; unset keeps only checkpoints.")
     merge_adapters: bool = Field(False, description="Merge LoRA adapters into the base weights before export.")
+    checkpoint: ExportCheckpoint = Field(
+        ExportCheckpoint.last, description="Which checkpoint is exported, evaluated at the end and gated: last (the "
+        "weights at the end of training), bestEvalLoss (the committed checkpoint with the lowest validation loss; "
+        "needs split.validation > 0) or bestGoldenPassRate (the scored checkpoint with the highest golden pass "
+        "rate; needs eval.goldenSet.everyCheckpoints). A maxDrop stop with onRegression: exportBest exports the "
+        "best by golden pass rate whatever this says. status.evaluation.exportedCheckpoint says which step and why."
+    )
 
 
 class StorageSpec(_Model):
@@ -576,6 +589,16 @@ class GoldenCheckpointStatus(_Model):
     by_task: dict[str, float] = Field(default_factory=dict)
 
 
+class ExportedCheckpointStatus(_Model):
+    """The checkpoint whose weights went to output.uri (and that the final evaluation scored)."""
+
+    step: int = Field(ge=0)
+    criterion: str = Field(description="The rule that chose it: last, bestEvalLoss or bestGoldenPassRate.")
+    reason: str = Field(description="Why this step: the criterion's figure, or why it fell back to the last one.")
+    checkpoint_uri: Optional[str] = Field(None, description="The committed checkpoint the weights were loaded from; "
+                                          "unset when they are the weights at the end of training.")
+
+
 class EvaluationStatus(_Model):
     golden_set_pass_rate: Optional[float] = Field(None, ge=0, le=1)
     test_loss: Optional[float] = None
@@ -584,6 +607,7 @@ class EvaluationStatus(_Model):
     golden_set_by_task: dict[str, float] = Field(default_factory=dict)
     golden_checkpoints: list[GoldenCheckpointStatus] = Field(default_factory=list)
     best_golden_step: Optional[int] = None
+    exported_checkpoint: Optional[ExportedCheckpointStatus] = None
     sets: dict[str, ScoredSetStatus] = Field(
         default_factory=dict, description="Base-model and final pass rates of the golden set ('golden') and of "
         "each regression set.")

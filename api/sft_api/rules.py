@@ -150,6 +150,25 @@ RULES: list[Rule] = [
     ),
     Rule(
         path="spec",
+        cel="!has(self.output) || !has(self.output.checkpoint) || self.output.checkpoint != 'bestGoldenPassRate'"
+        " || (has(self.eval) && has(self.eval.goldenSet) && has(self.eval.goldenSet.everyCheckpoints))",
+        message="spec.output.checkpoint: bestGoldenPassRate needs the golden set scored at checkpoints "
+        "(spec.eval.goldenSet.everyCheckpoints)",
+        check=lambda s: _get(s, "output.checkpoint", "last") != "bestGoldenPassRate"
+        or _get(s, "eval.goldenSet.everyCheckpoints") is not None,
+        field_path=".output.checkpoint",
+    ),
+    Rule(
+        path="spec",
+        cel="!has(self.output) || !has(self.output.checkpoint) || self.output.checkpoint != 'bestEvalLoss'"
+        " || (has(self.split) && has(self.split.validation) ? self.split.validation : 0.1) > 0.0",
+        message="spec.output.checkpoint: bestEvalLoss needs a validation split (spec.split.validation > 0)",
+        check=lambda s: _get(s, "output.checkpoint", "last") != "bestEvalLoss"
+        or float(_get(s, "split.validation", 0.1)) > 0,
+        field_path=".output.checkpoint",
+    ),
+    Rule(
+        path="spec",
         cel=f"!({_S3_CEL}) || (has(self.storage) && (has(self.storage.secretRef)"
         " || (has(self.storage.endpoint) && has(self.storage.anonymous) && self.storage.anonymous)))",
         message="spec.storage.secretRef: s3:// URIs need storage.secretRef, or storage.endpoint with anonymous: true",

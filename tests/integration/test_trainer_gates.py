@@ -121,3 +121,7 @@ def test_on_regression_export_best_succeeds_with_the_best_checkpoint_exported(tm
     # the final evaluation ran on the best checkpoint's weights: greedy answers, the same pass rate
     assert result.golden_after["pass_rate"] == stop["best_pass_rate"]
     assert "scored_at_checkpoint" not in result.golden_after  # generated again, with the best weights
+    # loaded back from the committed checkpoint (export_choice.py), and said so
+    assert result.exported["step"] == stop["best_step"] and result.exported["criterion"] == "bestGoldenPassRate"
+    assert result.exported["checkpoint_uri"].endswith(f"/ckpt/checkpoint-{stop['best_step']}/")
+    assert "onRegression: exportBest after the maxDrop stop" in result.exported["reason"]

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from transformers import TrainerCallback
 
@@ -246,6 +246,9 @@ class CheckpointCommitCallback(TrainerCallback):
         self._t0: float | None = None
         self._pending: _PendingCommit | None = None
         self._housekeeping: BackgroundJob | None = None  # rank 0's retention after a distributed commit
+        # steps retention keeps whatever their rank: the best by golden pass rate (golden_checkpoints.py
+        # sets it; read on the upload thread too, so it returns a fresh collection each call)
+        self.protected_steps: Callable[[], Iterable[int]] = lambda: ()
 
     # Save time = from the step end that decided to save (after any evaluation) to the commit.
     def on_step_end(self, args, state, control, **kwargs):
@@ -379,7 +382,8 @@ class CheckpointCommitCallback(TrainerCallback):
 
     def _retention(self) -> None:
         try:
-            self.store.apply_retention(self.keep, self.best_metric, self.greater_is_better)
+            self.store.apply_retention(self.keep, self.best_metric, self.greater_is_better,
+                                       keep_steps=tuple(self.protected_steps()))
         except OSError as e:  # retention is housekeeping: never lose the run over it
             log.warning("checkpoint retention failed: %s", e)
 

@@ -305,6 +305,11 @@ class ResolvedConfig:
         return {k: v for k, v in params.items() if v is not None}
 
     @property
+    def export_checkpoint(self) -> str:
+        """``spec.output.checkpoint``: last (the default), bestEvalLoss or bestGoldenPassRate (export_choice.py)."""
+        return _val(self.spec.output.checkpoint) if self.spec.output is not None else "last"
+
+    @property
     def merge_adapters(self) -> bool:
         return bool(self.spec.output and self.spec.output.merge_adapters) and self.method != "full"
 

@@ -230,8 +230,10 @@ def _scored_at_the_last_step(cfg: Any, trainer: Any, result: Any) -> dict[str, A
     take part in the generation)."""
     last = result.golden_checkpoints[-1] if result.golden_checkpoints else None
     stop = result.golden_stop
+    exported = getattr(result, "exported", None)  # export_choice.py loaded another checkpoint's weights
     if (cfg.zero3 or last is None or "total" not in last or last["step"] != trainer.state.global_step
-            or (stop is not None and stop["on_regression"] == "exportBest")):
+            or (stop is not None and stop["on_regression"] == "exportBest")
+            or (exported is not None and exported["step"] != last["step"])):
         return None
     return {"total": last["total"], "passed": last["passed"], "pass_rate": last["pass_rate"],
             "by_task": dict(last["by_task"]), "failures": last.get("failures", []), "scored_at_checkpoint": last["step"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -18,8 +19,12 @@ def _join(uri: str, name: str) -> str:
     return uri.rstrip("/") + "/" + name
 
 
-def export_model(trainer: Any, tokenizer: Any, cfg: ResolvedConfig) -> str:
-    """Save the final model (adapters merged when ``output.mergeAdapters``) to ``output.uri``."""
+EXPORT_RECORD = "export.json"  # beside the model: which checkpoint step it is, and why (export_choice.py)
+
+
+def export_model(trainer: Any, tokenizer: Any, cfg: ResolvedConfig, exported: dict[str, Any] | None = None) -> str:
+    """Save the model (adapters merged when ``output.mergeAdapters``) to ``output.uri``, with ``export.json``
+    (``exported``: the checkpoint step that ``spec.output.checkpoint`` chose, and why)."""
     import fsspec
 
     from . import phases
@@ -45,6 +50,10 @@ def export_model(trainer: Any, tokenizer: Any, cfg: ResolvedConfig) -> str:
         trainer.save_model(str(staging))  # collective under DeepSpeed: every rank calls it
         if rank() == 0:
             tokenizer.save_pretrained(str(staging))
+    if exported is not None and rank() == 0:
+        record = {"step": exported["step"], "criterion": exported["criterion"], "reason": exported["reason"],
+                  "checkpointUri": exported.get("checkpoint_uri"), "jobName": cfg.job_name}
+        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     if local_target is None and rank() == 0:
         fs, path = fsspec.core.url_to_fs(uri, **storage_options_for(uri, cfg.storage))
         fs.put(str(staging) + "/", path.rstrip("/") + "/", recursive=True)

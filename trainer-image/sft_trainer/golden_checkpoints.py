@@ -11,9 +11,17 @@ generation is collective). The pass rate, overall and per task_type, goes to:
 
 ``maxDrop``: when a checkpoint's pass rate is lower than the best checkpoint's so far by more than
 this, training stops at that checkpoint. ``onRegression: fail`` ends the job Failed/GoldenSetRegression
-(gates.py); ``exportBest`` loads the best checkpoint's trainable weights back into the model (kept
-as a CPU copy when that checkpoint was scored: the adapters under LoRA, every weight under full
-fine-tuning), so that the final evaluation and the export are the best checkpoint's.
+(gates.py); ``exportBest`` exports the best checkpoint: export_choice.py loads it back from the
+checkpoint store (under ZeRO-3 too), so that the final evaluation and the export are the best
+checkpoint's. Without a store (no ``checkpoints.uri``), the best checkpoint's trainable weights are
+kept as a CPU copy when it is scored (the adapters under LoRA, every weight under full fine-tuning;
+not under ZeRO-3) and put back at the end of training.
+
+Retention (checkpoint_store.py) always keeps the best checkpoint by golden pass rate: its score comes
+after its commit, so the commit callback asks this callback for it (``best_steps``) at each retention.
+A resumed run scores its resume checkpoint again when that checkpoint was due and its score was lost
+with the attempt that wrote it (the score is logged after the save, so the checkpoint's own
+trainer_state.json lacks it).
 
 A checkpoint is due when its step is a multiple of ``everyCheckpoints x checkpoints.everySteps``,
 and at the last one (the end of training, a time-budget stop): the same checkpoints on a resume.
@@ -57,7 +65,7 @@ class GoldenCheckpointCallback(TrainerCallback):
 
     def __init__(self, *, items: list[Any], tokenizer: Any, max_new_tokens: int, every: int, save_steps: int,
                  max_drop: float | None, on_regression: str, result: Any, reporter: Any = None,
-                 metrics: Any = None, zero3: bool = False):
+                 metrics: Any = None, zero3: bool = False, keep_best_weights: bool = True):
         self.items, self.tokenizer, self.max_new_tokens = items, tokenizer, max_new_tokens
         self.every, self.save_steps = every, save_steps
         self.max_drop, self.on_regression = max_drop, on_regression
@@ -65,13 +73,28 @@ class GoldenCheckpointCallback(TrainerCallback):
         self.best: dict[str, Any] | None = None
         self.stopped = False  # a maxDrop stop, on every rank
         self.best_weights: dict[str, Any] | None = None
+        self.keep_best_weights = keep_best_weights  # no checkpoint store to load the best one back from
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def best_steps(self) -> tuple[int, ...]:
+        """The best checkpoint by golden pass rate so far (the earliest of equals), for retention."""
+        best = self.best
+        return (int(best["step"]),) if best is not None else ()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         # a resumed run: the scores of earlier attempts are in the restored log_history
         earlier = golden_entries(state.log_history)
         self.result.golden_checkpoints = earlier
         if earlier:
             self.best = max(earlier, key=lambda e: (e["pass_rate"], -e["step"]))
+        step = state.global_step
+        if (model is not None and step > 0 and step % (self.every * self.save_steps) == 0
+                and all(e["step"] != step for e in earlier)):
+            # the resume checkpoint's own score went with the attempt that wrote it: score it again
+            entry = self._score(state, model) if state.is_world_process_zero or self.zero3 else None
+            stop = self._judge(entry)[1] if entry is not None and state.is_world_process_zero else False
+            if any_rank(stop):
+                control.should_training_stop = self.stopped = True
+        return control
 
     def _due(self, state, control) -> bool:
         step = state.global_step
@@ -86,7 +109,8 @@ class GoldenCheckpointCallback(TrainerCallback):
             entry = self._score(state, model)
         new_best, stop = self._judge(entry) if entry is not None and state.is_world_process_zero else (False, False)
         # every rank keeps the best weights (DDP replicas are identical) and stops at the same checkpoint
-        if any_rank(new_best) and self.max_drop is not None and self.on_regression == "exportBest" and not self.zero3:
+        if (any_rank(new_best) and self.max_drop is not None and self.on_regression == "exportBest"
+                and self.keep_best_weights and not self.zero3):
             self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
                                  if p.requires_grad}
         if any_rank(stop):
@@ -137,8 +161,10 @@ class GoldenCheckpointCallback(TrainerCallback):
             return
         stop = self.result.golden_stop  # rank 0's figures
         if self.best_weights is None:
-            log.warning("exportBest: the best checkpoint's weights were not kept (ZeRO-3 or an earlier attempt); "
-                        "exporting the final weights")
+            if not self.keep_best_weights:
+                return  # export_choice.py loads the best checkpoint from the store
+            log.warning("exportBest: the best checkpoint's weights were not kept (ZeRO-3 or an earlier attempt) "
+                        "and there is no checkpoint store to load them from; exporting the final weights")
             return
         import torch
 
@@ -160,8 +186,12 @@ def golden_checkpoint_callbacks(cfg: Any, inputs: Any, callbacks: list[Any], res
     reporter = next((cb.reporter for cb in callbacks if getattr(cb, "reporter", None) is not None), None)
     metrics = next((cb.metrics for cb in callbacks if getattr(cb, "metrics", None) is not None
                     and hasattr(cb.metrics, "set_golden")), None)
-    return [GoldenCheckpointCallback(items=inputs.golden, tokenizer=inputs.tokenizer,
-                                     max_new_tokens=cfg.golden_set.max_new_tokens, every=every,
-                                     save_steps=cfg.checkpoints_every_steps, max_drop=cfg.golden_max_drop,
-                                     on_regression=cfg.golden_on_regression, result=result, reporter=reporter,
-                                     metrics=metrics, zero3=cfg.zero3)]
+    commit = next((cb for cb in callbacks if hasattr(cb, "protected_steps")), None)
+    golden = GoldenCheckpointCallback(items=inputs.golden, tokenizer=inputs.tokenizer,
+                                      max_new_tokens=cfg.golden_set.max_new_tokens, every=every,
+                                      save_steps=cfg.checkpoints_every_steps, max_drop=cfg.golden_max_drop,
+                                      on_regression=cfg.golden_on_regression, result=result, reporter=reporter,
+                                      metrics=metrics, zero3=cfg.zero3, keep_best_weights=commit is None)
+    if commit is not None:
+        commit.protected_steps = golden.best_steps  # retention keeps the best by golden pass rate
+    return [golden]

@@ -22,6 +22,12 @@ def evaluation_status(result: Any) -> dict[str, Any]:
                                            for c in result.golden_checkpoints]
     if result.golden_stop is not None:
         evaluation["bestGoldenStep"] = result.golden_stop["best_step"]
+    if result.exported is not None:
+        exported = result.exported
+        evaluation["exportedCheckpoint"] = {"step": exported["step"], "criterion": exported["criterion"],
+                                            "reason": exported["reason"],
+                                            **({"checkpointUri": exported["checkpoint_uri"]}
+                                               if exported.get("checkpoint_uri") else {})}
     if result.scored_sets:
         evaluation["sets"] = {name: _set_status(row) for name, row in result.scored_sets.items()}
     if result.test_loss is not None:

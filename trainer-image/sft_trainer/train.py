@@ -21,6 +21,7 @@ from .distributed import barrier
 from .distributed import rank as _rank
 from .data import Splits, load_datasets, storage_options_for
 from .exit_codes import ConfigError, TopologyMismatch
+from .export_choice import select_export
 
 from .methods.sft import OVERALL
 
@@ -54,6 +55,7 @@ class TrainResult:
     scored_sets: dict[str, Any] = field(default_factory=dict)  # gates.py: base and final pass rate per set
     golden_checkpoints: list[dict[str, Any]] = field(default_factory=list)  # golden set at checkpoints
     golden_stop: dict[str, Any] | None = None  # a maxDrop stop: the step, the best step, onRegression
+    exported: dict[str, Any] | None = None  # export_choice.py: the step exported (and evaluated), and why
     checkpoint_uri: str | None = None
     output_uri: str | None = None
     loss_curve: str | None = None
@@ -193,10 +195,14 @@ def prepare_inputs(cfg: ResolvedConfig, result: TrainResult, *, rank: int, phase
 def resume_point(cfg: ResolvedConfig, result: TrainResult, *, rank: int, phase: Callable[[str], None],
                  job: Any = None, env: dict[str, str] | None = None) -> tuple[Any, Path | None]:
     """The checkpoint store, and the node's copy of the committed checkpoint this run may resume
-    (its own newest, or spec.checkpoints.resumeFrom): see resume.py."""
+    (its own newest, or spec.checkpoints.resumeFrom): see resume.py. A spec.output.checkpoint other than
+    last needs the store (export_choice.py loads the chosen checkpoint back from it)."""
+    from .export_choice import check_export_source
     from .resume import resume_point as choose_and_download
 
-    return choose_and_download(cfg, result, rank=rank, phase=phase, job=job, env=env)
+    store, resume_dir = choose_and_download(cfg, result, rank=rank, phase=phase, job=job, env=env)
+    check_export_source(cfg, store)
+    return store, resume_dir
 
 
 def build_trainer(cfg: ResolvedConfig, method: Any, inputs: Inputs, model: Any, *, store: Any, reporter: Any,
@@ -348,13 +354,14 @@ def train(
         phase("training")
         if not run_training(trainer, callbacks, counting, resume_dir, result):
             return result  # SIGTERM: the checkpoint is committed; the rest belongs to the next attempt
+        select_export(cfg, trainer, store, result, rank=rank, phase=phase)  # output.checkpoint: evaluated, gated
         # Test loss, held-out exact match and the golden set on the trained model.
         final_evaluation(cfg, trainer, method, inputs, result, rank=rank, measure=measure_before, phase=phase)
         score_final(cfg, trainer, inputs, scored, result, rank=rank, phase=phase)  # regression sets, deltas
         # Export the model, draw the loss curve, report the evaluation to status.
         if cfg.output_uri:
             phase(f"exporting the model to {cfg.output_uri}")
-            result.output_uri = export_model(trainer, inputs.tokenizer, cfg)
+            result.output_uri = export_model(trainer, inputs.tokenizer, cfg, exported=result.exported)
         if rank == 0:
             result.loss_curve = write_loss_curve(cfg, trainer.state.log_history)
             report_evaluation(callbacks, result)

@@ -164,6 +164,16 @@ def test_retention_keeps_last_n_plus_best(store, tmp_path):
     assert [c.step for c in store.committed()] == [40, 50]
 
 
+def test_retention_keeps_the_protected_steps_as_well(store, tmp_path):
+    # keep_steps: the best by golden pass rate, which no manifest records (it is scored after the commit)
+    losses = {10: 3.0, 20: 1.0, 30: 2.0, 40: 2.5}
+    for step, loss in losses.items():
+        store.commit(make_ckpt(tmp_path, step), step, {"eval_loss": loss})
+    assert store.apply_retention(keep=1, keep_steps=[10]) == [30]
+    assert [c.step for c in store.committed()] == [10, 20, 40]  # golden best, eval-loss best, last
+    assert store.apply_retention(keep=1) == [10]  # unprotected, it goes
+
+
 def test_retention_without_metric_keeps_last_n_and_prunes_stale_partials(store, tmp_path):
     store.upload(make_ckpt(tmp_path, 5), 5)  # a killed upload from an earlier attempt
     for step in (10, 20, 30):
