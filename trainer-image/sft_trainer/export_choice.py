@@ -23,6 +23,7 @@ The choice goes to ``result.exported`` (result.json), ``status.evaluation.export
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ class ExportChoice:
     criterion: str  # the rule that chose it: last, bestEvalLoss or bestGoldenPassRate
     reason: str
     checkpoint_uri: str | None = None  # the committed checkpoint loaded back; None: the weights in memory
+    load_seconds: float | None = None  # what loading it back cost (download, sha256 checks, load): result.json
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,8 +151,10 @@ def select_export(cfg: Any, trainer: Any, store: Any, result: Any, *, rank: int,
             choice = ExportChoice(choice.step, choice.criterion, choice.reason + " (its weights kept in memory)")
         else:
             phase(f"loading checkpoint {choice.step} for the export ({choice.criterion})")
+            t0 = time.monotonic()
             uri = _load_checkpoint(trainer, store, choice.step, cfg.workdir)
-            choice = ExportChoice(choice.step, choice.criterion, choice.reason, uri)
+            choice = ExportChoice(choice.step, choice.criterion, choice.reason, uri,
+                                  round(time.monotonic() - t0, 3))
     if rank == 0:
         log.info("export: checkpoint %d (%s)", choice.step, choice.reason)
     result.exported = choice.to_dict()

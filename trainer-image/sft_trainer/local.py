@@ -121,6 +121,8 @@ def _print_summary(console: Any, result: Any, workdir: Path, results_path: Path 
                          ("figures", str(results_path) if results_path else None)):
         if value:
             console.print(f"{label}: {value}")
+    if result.output_uri and result.exported:  # which checkpoint the model is (spec.output.checkpoint)
+        console.print(f"exported checkpoint {result.exported['step']}: {result.exported['reason']}")
     if result.exit_code != exit_codes.SUCCESS:
         console.print(f"[red]{result.message}[/] (exit {result.exit_code})")
 

@@ -50,3 +50,17 @@ def test_a_best_criterion_without_a_checkpoint_store_is_a_config_error(criterion
         check_export_source(_Cfg(criterion), None)
     check_export_source(_Cfg(criterion), object())  # a store: fine
     check_export_source(_Cfg("last"), None)  # last needs none
+
+
+def test_sftctl_run_prints_which_checkpoint_the_model_is(tmp_path):
+    from rich.console import Console
+
+    from sft_trainer.local import _print_summary
+    from sft_trainer.train import TrainResult
+
+    choice = choose_export("bestGoldenPassRate", last_step=20, eval_losses=LOSSES, golden=GOLDEN)
+    result = TrainResult(global_step=20, max_steps=20, output_uri=str(tmp_path / "model"), exported=choice.to_dict())
+    console = Console(record=True, width=400)
+    _print_summary(console, result, tmp_path, None)
+    assert ("exported checkpoint 10: spec.output.checkpoint: bestGoldenPassRate: golden pass rate 75.00% at "
+            "checkpoint 10, the highest of 4 scored checkpoints") in console.export_text()
