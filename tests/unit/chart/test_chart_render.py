@@ -62,7 +62,8 @@ def test_defaults_render_operator_objects_and_no_monitoring(render):
     docs = render()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
-                            "CustomResourceDefinition", "CustomResourceDefinition", "ClusterKopfPeering"])
+                            "CustomResourceDefinition", "CustomResourceDefinition", "ClusterKopfPeering",
+                            "NetworkPolicy"])
     dep = one(docs, "Deployment")
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}

@@ -1,5 +1,5 @@
-"""The chart's trainer.networkPolicy and trainer.imagePullSecrets values reach the operator's settings,
-and the operator's own pod honours operator.imagePullSecrets."""
+"""The chart's trainer.networkPolicy and trainer.imagePullSecrets values reach the operator's settings;
+the operator's own pod honours operator.imagePullSecrets and gets its own NetworkPolicy."""
 
 from __future__ import annotations
 
@@ -96,3 +96,32 @@ def test_schema_rejects_bad_values_naming_them(run_helm, helm_major, args, names
     assert "values don't meet the specifications of the schema" in p.stderr
     # helm 4 names the value as a JSON pointer, helm 3 with dots (see test_chart_schema.py)
     assert (f"at '/{names}'" if helm_major == 4 else names.replace("/", ".")) in p.stderr, p.stderr
+
+
+def operator_policy(docs):
+    found = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def test_operator_policy_selects_the_operator_and_opens_health_and_metrics_only(render):
+    docs = render()
+    np = operator_policy(docs)
+    pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    health, metrics = np["spec"]["ingress"]
+    assert health == {"ports": [{"port": 8081, "protocol": "TCP"}]}  # the kubelet's probes, from the node
+    assert metrics == {"from": [release_ns(), MONITORING], "ports": [{"port": 8080, "protocol": "TCP"}]}
+    ports = {p["name"]: p["containerPort"] for p in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}  # every port the operator serves is in the policy
+
+
+def test_operator_policy_follows_its_values(render):
+    peer = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
+    docs = render("--set", "operator.metricsPort=9090", "--set", "operator.healthPort=9091",
+                  "--set-json", f"operator.networkPolicy.metricsFrom=[{json.dumps(peer)}]")
+    health, metrics = operator_policy(docs)["spec"]["ingress"]
+    assert health["ports"] == [{"port": 9091, "protocol": "TCP"}]
+    assert metrics == {"from": [release_ns(), peer], "ports": [{"port": 9090, "protocol": "TCP"}]}
+    assert operator_policy(render("--set", "operator.networkPolicy.enabled=false")) is None
