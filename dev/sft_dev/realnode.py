@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -230,6 +231,33 @@ def setup_bridge() -> None:
 def delete_bridge() -> None:
     if _link_exists(BRIDGE):
         _sh(["ip", "link", "delete", BRIDGE], f"deleting the bridge {BRIDGE}")
+
+
+def delete_pod_netns() -> list[str]:
+    """Delete the network namespaces of this node's pods (their veth pairs go with them).
+
+    containerd makes one per pod sandbox under /run/netns and removes it only on the CRI's
+    StopPodSandbox; `down` kills the containers directly, which left them (and their veths) behind.
+    Only the namespaces whose veth peer is on BRIDGE are ours.
+    """
+    if not _link_exists(BRIDGE):
+        return []
+    links = _sh(["ip", "-o", "link", "show", "master", BRIDGE], "ip link show master", check=False).stdout
+    refs = set(re.findall(r"link-netns(?:id)? (\S+)", links))
+    names = {}
+    for line in _sh(["ip", "netns", "list"], "ip netns list", check=False).stdout.splitlines():
+        m = re.match(r"(\S+)(?: \(id: (\d+)\))?", line)
+        if m:
+            names[m.group(1)] = m.group(1)
+            if m.group(2):
+                names[m.group(2)] = m.group(1)
+    gone = sorted({names[r] for r in refs if r in names})
+    for ns in gone:
+        _sh(["ip", "netns", "delete", ns], f"deleting the pod network namespace {ns}", check=False)
+    # libcni's cached results of those sandboxes (files named after our network)
+    for f in Path("/var/lib/cni/results").glob("sft-dev-*"):
+        f.unlink(missing_ok=True)
+    return gone
 
 
 # ------------------------------------------------------------------------------------------ cleanup
@@ -559,6 +587,9 @@ class RealNode:
         for pid in shim_pids():
             _terminate(pid, _proc_start_time(pid), kill_first=True)
             stopped.append(f"shim pid {pid}")
+        netns = delete_pod_netns()
+        if netns:
+            stopped.append(f"{len(netns)} pod network namespace(s)")
         for name in COMPONENTS:
             self._pidfile(name).unlink(missing_ok=True)
         left = unmount_all(self.state, RUN_DIR, containerd_root())
