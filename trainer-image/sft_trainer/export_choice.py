@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .checkpoint_store import CheckpointError
 from .exit_codes import ConfigError
 
 log = logging.getLogger("sft_trainer")
@@ -126,6 +127,10 @@ def _load_checkpoint(trainer: Any, store: Any, step: int, workdir: Any) -> str:
 
     ckpt = store.get(step)  # CheckpointError when retention or a user removed it
     local = download_for_node(store, ckpt, workdir)
+    weights = [p.name for p in local.iterdir() if p.name.endswith((".safetensors", ".bin", ".index.json"))
+               or p.name.startswith("global_step")]
+    if not weights:  # HF's loader would only warn, and the export would silently be the last weights
+        raise CheckpointError(f"{ckpt.uri}: no model, adapter or DeepSpeed weights to export")
     earlier = trainer.state.best_model_checkpoint
     trainer.state.best_model_checkpoint = str(local)
     try:

@@ -64,3 +64,16 @@ def test_sftctl_run_prints_which_checkpoint_the_model_is(tmp_path):
     _print_summary(console, result, tmp_path, None)
     assert ("exported checkpoint 10: spec.output.checkpoint: bestGoldenPassRate: golden pass rate 75.00% at "
             "checkpoint 10, the highest of 4 scored checkpoints") in console.export_text()
+
+
+def test_a_chosen_checkpoint_without_weights_fails_instead_of_exporting_the_last_ones(tmp_path):
+    from sft_trainer.checkpoint_store import CheckpointError, CheckpointStore
+    from sft_trainer.export_choice import _load_checkpoint
+
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "trainer_state.json").write_text("{}")
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    store.commit(local, 10)
+    with pytest.raises(CheckpointError, match="checkpoint-10/: no model, adapter or DeepSpeed weights to export"):
+        _load_checkpoint(None, store, 10, tmp_path / "work")
