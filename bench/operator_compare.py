@@ -30,6 +30,7 @@ FIGURES = {
     "failure_to_next_attempt_p99_s": ("failure_to_next_attempt_seconds", "p99"),
     "operator_cpu_seconds_per_job": ("work_per_job", "operator_cpu_seconds_per_job"),
     "operator_requests_per_job": ("work_per_job", "operator_requests_per_job"),
+    "apiserver_requests_per_job_all_clients": ("work_per_job", "apiserver_requests_per_job_all_clients"),
     "reconcile_passes_per_job": ("work_per_job", "reconcile_passes_per_job"),
     "reconcile_pass_mean_seconds": ("work_per_job", "reconcile_pass_mean_seconds"),
     "operator_peak_rss_mib": ("operator", "peak_rss_mib"),
@@ -49,6 +50,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=60)
     ap.add_argument("--nodes", type=int, default=30)
     ap.add_argument("--fail", type=int, default=15)
+    ap.add_argument("--baseline-jobs", type=int, default=0, help="plain Jobs per run for job_controller_baseline")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "operator_scale_before_after.json")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="op-compare-"))
@@ -58,7 +60,7 @@ def main() -> int:
             out = work / f"{side}-{i}.json"
             load = os.getloadavg()[0]
             cmd = [sys.executable, str(REPO / "bench" / "operator_scale.py"), "--jobs", str(a.jobs), "--nodes",
-                   str(a.nodes), "--fail", str(a.fail), "--operator-src", getattr(a, side), "--out", str(out)]
+                   str(a.nodes), "--fail", str(a.fail), "--baseline-jobs", str(a.baseline_jobs), "--operator-src", getattr(a, side), "--out", str(out)]
             rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
             res = json.loads(out.read_text()) if out.exists() else {}
             res["load_average_1m_before"] = round(load, 2)
@@ -69,7 +71,7 @@ def main() -> int:
     report = {
         "benchmark": "operator_scale_before_after", "jobs": a.jobs, "nodes": a.nodes, "fail": a.fail,
         "runs_per_side": a.runs, "before": a.before, "after": a.after,
-        "etcd": "--unsafe-no-fsync (sft_dev.cluster)",
+        "etcd": next((r["etcd"] for rs in runs.values() for r in rs if r.get("etcd")), None),
         **{side: {k: spread([(r.get(s) or {}).get(f) for r in rs]) for k, (s, f) in FIGURES.items()}
            | {"load_average_1m_before": [r["load_average_1m_before"] for r in rs], "complete": [r.get("complete") for r in rs],
               "operator_requests_by_kind": [(r.get("work_per_job") or {}).get("operator_requests_by_kind") for r in rs]}

@@ -9,6 +9,14 @@ operator (`python -m sft_operator.run_operator --standalone`), applies --jobs SF
 - apply -> all pods Running (p50, p99)
 - pod failure -> next attempt's Job created (p50, p99)
 - the operator's peak RSS and CPU seconds (psutil, sampled every 0.5 s)
+- API requests per job: the operator's own (`sftoperator_api_requests_total`) and all clients'
+  (the apiserver's `apiserver_request_total`, scraped with the admin credentials), before/after
+- `job_controller_baseline`, in the same run and before the SFTJobs: --baseline-jobs plain Indexed
+  Jobs of the same shape (the Job the operator renders for the same SFTJob: its pod template,
+  parallelism = completions = --job-nodes), created the same way, in their own namespace: apply ->
+  all pods created and apply -> all pods Running, p50/p99 (what the Job controller and the scheduler
+  cost without the operator); they stay while the SFTJobs run, so the cluster needs GPUs for both
+- whether etcd ran with --unsafe-no-fsync (read from the etcd process's command line)
 Writes bench/results/operator_scale.json. Use --kubeconfig to reuse a running dev cluster instead.
 """
 
@@ -83,14 +91,17 @@ class Sampler(threading.Thread):
 
 
 class Recorder(threading.Thread):
-    """Watches Jobs and pods of all SFTJobs in the namespace and stamps first sightings."""
+    """Watches Jobs and pods of all SFTJobs in the namespace and stamps first sightings (`labels`: the
+    job-name and attempt label keys; a plain Job's pods carry only the first)."""
 
-    def __init__(self, api, namespace: str, kind: str):
+    def __init__(self, api, namespace: str, kind: str, labels: tuple[str, str] = ("sft.dev/job-name", "sft.dev/attempt")):
         super().__init__(daemon=True)
-        self.api, self.ns, self.kind = api, namespace, kind
+        self.api, self.ns, self.kind, self.labels = api, namespace, kind, labels
         self.first_seen: dict[tuple[str, str], float] = {}  # (sftjob, attempt) -> time Job seen
         self.running: dict[tuple[str, str], set[str]] = {}  # (sftjob, attempt) -> running pod names
         self.all_running_at: dict[tuple[str, str], float] = {}
+        self.created: dict[tuple[str, str], set[str]] = {}  # (sftjob, attempt) -> pod names seen
+        self.all_created_at: dict[tuple[str, str], float] = {}
         self.stop_flag = threading.Event()
         self.expected_pods = 1
 
@@ -103,18 +114,22 @@ class Recorder(threading.Thread):
         while not self.stop_flag.is_set():
             w = watch.Watch()
             try:
-                kw = {"label_selector": "sft.dev/job-name", "timeout_seconds": 30}
+                kw = {"label_selector": self.labels[0], "timeout_seconds": 30}
                 if rv:
                     kw["resource_version"] = rv
                 for ev in w.stream(fn, self.ns, **kw):
                     obj = ev["object"]
                     rv = obj.metadata.resource_version
                     lbl = obj.metadata.labels or {}
-                    key = (lbl.get("sft.dev/job-name"), lbl.get("sft.dev/attempt"))
+                    key = (lbl.get(self.labels[0]), lbl.get(self.labels[1], "1"))
                     now = time.monotonic()
                     if self.kind == "jobs":
                         self.first_seen.setdefault(key, now)
                     else:
+                        seen = self.created.setdefault(key, set())
+                        seen.add(obj.metadata.name)
+                        if len(seen) >= self.expected_pods:
+                            self.all_created_at.setdefault(key, now)
                         names = self.running.setdefault(key, set())
                         if obj.status.phase == "Running" and not obj.metadata.deletion_timestamp:
                             names.add(obj.metadata.name)
@@ -159,12 +174,19 @@ class Scrapes:
         with urllib.request.urlopen(self.url, timeout=10) as r:
             text = r.read().decode()
         return {"requests": _samples(text, "sftoperator_api_requests_total", ("verb", "resource")),
+                "reads": _samples(text, "sftoperator_sftjob_reads_total", ("source",)),
+                "skipped": _samples(text, "sftoperator_skipped_applies_total", ("kind",)),
+                "unchanged": _samples(text, "sftoperator_unchanged_writes_total", ("resource",)),
                 "passes": _samples(text, "sftoperator_reconcile_duration_seconds_count", ()),
                 "pass_seconds": _samples(text, "sftoperator_reconcile_duration_seconds_sum", ())}
 
     def apiserver(self) -> dict:
-        resp = self.api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False,
-                                 _return_http_data_only=True)
+        return self.apiserver_of(self.api)
+
+    @staticmethod
+    def apiserver_of(api) -> dict:
+        resp = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False,
+                            _return_http_data_only=True)
         text = resp.data.decode()
         return {"requests": _samples(text, "apiserver_request_total", ("verb", "resource", "subresource"))}
 
@@ -177,7 +199,11 @@ class Scrapes:
         passes = sum(o["passes"].values()) - sum(b["passes"].values())
         seconds = sum(o["pass_seconds"].values()) - sum(b["pass_seconds"].values())
         op_req = _delta(o["requests"], b["requests"], jobs)
+        cuts = {f"{name}_per_job": _delta(o.get(name, {}), b.get(name, {}), jobs) for name in ("reads", "skipped", "unchanged")}
         return {"operator_requests_per_job": round(sum(op_req.values()), 2), "operator_requests_by_kind": op_req,
+                # sftjob reads from the cache vs GET, applies not sent, status writes that changed nothing
+                # (absent from an operator that predates the counters)
+                "operator_cuts": cuts,
                 "reconcile_passes_per_job": round(passes / jobs, 2),
                 "reconcile_pass_mean_seconds": round(seconds / passes, 4) if passes else None,
                 "reconcile_busy_seconds_total": round(seconds, 1),
@@ -202,6 +228,95 @@ def manifest(name: str, nodes: int, gpus: int) -> dict:
     }
 
 
+PLAIN_LABEL = "bench.sft.dev/plain-job"
+
+
+def plain_job(name: str, nodes: int, gpus: int) -> dict:
+    """The Indexed Job the operator renders for the same SFTJob, as a plain Job: its pod template and
+    parallelism/completions, without owner, Kueue labels or the per-job ServiceAccount."""
+    from sft_operator.children import render
+    from sft_operator.settings import OperatorSettings
+
+    body = {**manifest(name, nodes, gpus), "metadata": {"name": name, "namespace": "plain"}}
+    [job] = [o for o in render(body, attempt=1, settings=OperatorSettings()) if o["kind"] == "Job"]
+    lbls = {PLAIN_LABEL: name}
+    job["metadata"] = {"name": name, "labels": dict(lbls)}
+    job["spec"]["template"]["metadata"]["labels"] = dict(lbls)
+    job["spec"]["template"]["spec"]["serviceAccountName"] = "default"
+    job["spec"]["suspend"] = False
+    assert job["spec"]["parallelism"] == job["spec"]["completions"] == nodes
+    return job
+
+
+def run_plain_jobs(api, args, core) -> dict:
+    """The Job controller's baseline: --baseline-jobs plain Indexed Jobs, created as the SFTJobs are."""
+    from kubernetes import client
+
+    ns = f"plain-{int(time.time())}"
+    core.create_namespace({"metadata": {"name": ns}})
+    deadline = time.monotonic() + 60
+    while not core.list_namespaced_service_account(ns, field_selector="metadata.name=default").items:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no default ServiceAccount in {ns}")
+        time.sleep(0.2)
+    rec = Recorder(api, ns, "pods", labels=(PLAIN_LABEL, ""))
+    rec.expected_pods = args.job_nodes
+    rec.start()
+    batch = client.BatchV1Api(api)
+    before = Scrapes.apiserver_of(api)
+    applied: dict[str, float] = {}
+    t0 = time.monotonic()
+    for i in range(args.baseline_jobs):
+        name = f"plain-{i:04d}"
+        applied[name] = time.monotonic()
+        batch.create_namespaced_job(ns, plain_job(name, args.job_nodes, args.job_gpus))
+        if args.apply_rate:
+            time.sleep(1 / args.apply_rate)
+    apply_seconds = time.monotonic() - t0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and len([n for n in applied if (n, "1") in rec.all_running_at]) < len(applied):
+        time.sleep(0.5)
+    rec.stop_flag.set()
+    created = [rec.all_created_at[(n, "1")] - t for n, t in applied.items() if (n, "1") in rec.all_created_at]
+    running = [rec.all_running_at[(n, "1")] - t for n, t in applied.items() if (n, "1") in rec.all_running_at]
+    after = Scrapes.apiserver_of(api)
+    by_kind = _delta(after["requests"], before["requests"], max(len(applied), 1))
+    return {"jobs": len(applied), "namespace": ns, "apply_seconds_total": round(apply_seconds, 2),
+            "harness_apply_rate_jobs_per_second": round(len(applied) / apply_seconds, 1) if apply_seconds else None,
+            "apply_to_pods_created_seconds": summary(created), "apply_to_all_pods_running_seconds": summary(running),
+            "apiserver_requests_per_job_all_clients": round(sum(by_kind.values()), 2),
+            "apiserver_requests_by_kind_all_clients": by_kind,
+            "complete": len(created) == len(applied) and len(running) == len(applied)}
+
+
+def etcd_fsync(state_dir: Path | None) -> dict:
+    """Whether the cluster's etcd runs with --unsafe-no-fsync, from its process's command line."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if proc.info.get("name") != "etcd" and not (cmd and cmd[0].endswith("/etcd")):
+            continue
+        if state_dir is not None and not any(str(state_dir) in a for a in cmd):
+            continue
+        return {"unsafe_no_fsync": "--unsafe-no-fsync" in cmd, "found": True,
+                "note": "no fsync latency in any figure" if "--unsafe-no-fsync" in cmd else "etcd fsyncs every commit"}
+    return {"unsafe_no_fsync": None, "found": False, "note": "etcd process not found on this machine"}
+
+
+def start_cluster(cluster, nodes: int):
+    from sft_dev.cluster import ClusterError, Ports
+
+    ports = Ports.free()
+    for attempt in range(4):  # up() is idempotent: on a loaded machine 500 kwok nodes take longer than its wait
+        try:
+            return cluster.up(nodes=nodes, ports=ports)
+        except ClusterError as exc:
+            if attempt == 3 or "did not become Ready" not in str(exc):
+                raise
+            print(f"kwok nodes still coming up; waiting again ({str(exc)[:80]}...)", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=200)
@@ -209,6 +324,8 @@ def main() -> int:
     ap.add_argument("--job-nodes", type=int, default=2, help="pods per SFTJob")
     ap.add_argument("--job-gpus", type=int, default=1, help="GPUs per pod")
     ap.add_argument("--fail", type=int, default=50, help="SFTJobs that get one pod failure")
+    ap.add_argument("--baseline-jobs", type=int, default=None,
+                    help="plain Indexed Jobs of the same shape for job_controller_baseline (default --jobs; 0: none)")
     ap.add_argument("--apply-rate", type=float, default=0, help="SFTJobs per second (0: as fast as possible)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (SFT_WORKERS)")
@@ -218,6 +335,8 @@ def main() -> int:
     ap.add_argument("--profile", help="run the operator under cProfile (bench/profiled_operator.py); pstats path")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_scale.json"))
     args = ap.parse_args()
+    if args.baseline_jobs is None:
+        args.baseline_jobs = args.jobs
 
     from kubernetes import client, config
 
@@ -225,6 +344,7 @@ def main() -> int:
 
     load_start = round(os.getloadavg()[0], 2)  # the machine is shared: record how busy it was
     cluster = None
+    state = None
     if args.kubeconfig:
         kubeconfig = Path(args.kubeconfig)
     else:
@@ -233,7 +353,11 @@ def main() -> int:
         state = Path(tempfile.mkdtemp(prefix="sft-bench-"))
         cluster = DevCluster(state)
         t = time.monotonic()
-        info = cluster.up(nodes=args.nodes, ports=Ports.free())
+        try:
+            info = start_cluster(cluster, args.nodes)
+        except BaseException:  # a failed or interrupted start leaves no servers behind
+            cluster.down(purge=True)
+            raise
         print(f"dev cluster with {args.nodes} nodes up in {time.monotonic() - t:.1f}s", file=sys.stderr)
         kubeconfig = Path(info.kubeconfig)
     op = None
@@ -249,7 +373,7 @@ def main() -> int:
         core.create_namespace({"metadata": {"name": ns}})
         gpu_nodes = [n for n in core.list_node().items if (n.status.allocatable or {}).get("nvidia.com/gpu")]
         capacity = sum(int(n.status.allocatable["nvidia.com/gpu"]) for n in gpu_nodes)
-        need = args.jobs * args.job_nodes * args.job_gpus
+        need = (args.jobs + args.baseline_jobs) * args.job_nodes * args.job_gpus
         if need > capacity:
             print(f"{need} GPUs requested but the cluster has {capacity}", file=sys.stderr)
             return 2
@@ -304,6 +428,11 @@ def main() -> int:
         print(f"baseline (one job alone): {baseline}", file=sys.stderr)
         time.sleep(3)
 
+        plain = run_plain_jobs(api, args, core) if args.baseline_jobs else None
+        if plain:
+            print(f"job controller baseline: {json.dumps(plain)}", file=sys.stderr)
+            time.sleep(3)
+
         scrapes = Scrapes(api, env["SFT_OPERATOR_METRICS_PORT"])
         before = scrapes.take()
         sampler.sample()
@@ -347,19 +476,22 @@ def main() -> int:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                         "load_avg_1m_start": load_start, "load_avg_1m_end": round(os.getloadavg()[0], 2)},
             "params": {"jobs": args.jobs, "nodes": args.nodes, "job_nodes": args.job_nodes, "job_gpus": args.job_gpus,
-                       "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes, "workers": args.workers},
+                       "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes, "workers": args.workers,
+                       "baseline_jobs": args.baseline_jobs},
             "baseline_single_job": baseline,
             "apply_seconds_total": round(apply_seconds, 2),
             "harness_apply_rate_jobs_per_second": round(args.jobs / apply_seconds, 1),
-            "etcd": "--unsafe-no-fsync (sft_dev.cluster): no fsync latency in any figure",
+            "etcd": etcd_fsync(state),
             "work_per_job": work,
             "profile": args.profile,
             "operator_src": args.operator_src,
+            "job_controller_baseline": plain,
             "apply_to_job_created_seconds": summary(job_created),
             "apply_to_all_pods_running_seconds": summary(all_running),
             "failure_to_next_attempt_seconds": summary(restart),
             "operator": {"peak_rss_mib": round(sampler.peak_rss / 2**20, 1), "cpu_seconds": round(sampler.cpu_seconds, 1)},
-            "complete": len(job_created) == args.jobs and len(all_running) == args.jobs and len(restart) == len(failed_at),
+            "complete": len(job_created) == args.jobs and len(all_running) == args.jobs and len(restart) == len(failed_at)
+                        and (plain is None or plain["complete"]),
         }
         sampler.stop_flag.set()
         jobs_rec.stop_flag.set()
@@ -375,12 +507,18 @@ def main() -> int:
         b = result["baseline_single_job"]
         print(f"| baseline, one job alone: job created / pods running / next attempt | 1 | "
               f"{b['apply_to_job_created_seconds']} / {b['apply_to_all_pods_running_seconds']} / {b['failure_to_next_attempt_seconds']} | |")
+        if plain:
+            for key in ("apply_to_pods_created_seconds", "apply_to_all_pods_running_seconds"):
+                r = plain[key]
+                print(f"| job_controller_baseline {key} | {r['n']} | {r['p50']} | {r['p99']} |")
         print(f"| operator peak RSS | | {result['operator']['peak_rss_mib']} MiB | |")
         print(f"| operator CPU | | {result['operator']['cpu_seconds']} s | |")
-        try:
-            core.delete_namespace(ns)
-        except Exception:
-            pass
+        for name in (ns, plain["namespace"] if plain else None):
+            try:
+                if name:
+                    core.delete_namespace(name)
+            except Exception:
+                pass
         return 0 if result["complete"] else 1
     finally:
         if op is not None and op.poll() is None:
