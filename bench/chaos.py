@@ -401,6 +401,10 @@ class Chaos:
             rec.outcome = f"Failed: {st.get('message') or st.get('conditions')}"
         elif time.time() - rec.created > self.args.job_timeout:
             rec.outcome = f"not finished within {self.args.job_timeout}s (phase {phase}, attempt {st.get('attempt')})"
+            try:  # a job given up on no longer loads the machine beside the --concurrency new ones
+                self.world.sft.delete(rec.name)
+            except Exception as e:
+                log(f"{rec.name}: could not delete it: {type(e).__name__}: {e}")
         else:
             return
         rec.finished = time.time()
