@@ -414,13 +414,13 @@ def import_archive(archive: Path, ref: str, digest: str, log) -> bool:
     if marks.get(ref) == digest and has_image(ref):
         return False
     t = time.monotonic()
+    size = archive.stat().st_size  # before the import: a rebuild meanwhile replaces the archive
     ctr("images", "import", str(archive), timeout=1800)
     if not has_image(ref):
         raise RealNodeError(f"importing {archive} did not create the image {ref} in containerd")
     marks[ref] = digest
     marks_file.write_text(json.dumps(marks, indent=1))
-    _log(f"imported {ref} into containerd ({archive.stat().st_size / 2**20:.0f} MiB, "
-         f"{time.monotonic() - t:.0f}s)", log)
+    _log(f"imported {ref} into containerd ({size / 2**20:.0f} MiB, {time.monotonic() - t:.0f}s)", log)
     return True
 
 
