@@ -117,6 +117,9 @@ def real(tmp_path_factory):
     except (ClusterError, RealNodeError) as e:
         cluster.down()
         pytest.fail(f"the dev cluster with a real node did not start: {e}", pytrace=False)
+    except BaseException:  # anything else (an image archive replaced meanwhile): never leave the node running
+        cluster.down()
+        raise
     print(f"dev cluster with the real node up in {time.monotonic() - t:.0f}s")
     s3 = start_s3(tmp / "s3", buckets=[BUCKET])
     port = int(s3.endpoint.rsplit(":", 1)[1])
