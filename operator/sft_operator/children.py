@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import yaml
 from sft_api.contract import (GROUP, KIND, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB, LABEL_SPEC_HASH, PLURAL,
                               PREFLIGHT_COMPONENT, PRIORITY_CLASS_LABEL, QUEUE_LABEL, TAS_ANNOTATION_PREFIX,
-                              VERSION)
+                              TIME_BUDGET_ANNOTATION, VERSION)
 
 from .conditions import NON_RETRYABLE_EXIT_CODES
 from .rbac import trainer_rules
@@ -178,9 +178,13 @@ def resolved_config(body: Mapping, namespace: str) -> str:
     doc = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        # The uid is the run's identity: the trainer resumes only checkpoints that carry it.
+        # The uid is the run's identity: the trainer resumes only checkpoints that carry it. The
+        # trainer's time budget is an annotation (sft.dev/max-train-seconds): it goes along.
         "metadata": {"name": meta.get("name"), "namespace": namespace,
-                     **({"uid": meta["uid"]} if meta.get("uid") else {})},
+                     **({"uid": meta["uid"]} if meta.get("uid") else {}),
+                     **({"annotations": {TIME_BUDGET_ANNOTATION: budget}}
+                        if (budget := (meta.get("annotations") or {}).get(TIME_BUDGET_ANNOTATION)) is not None
+                        else {})},
         "spec": _resolve_spec(body.get("spec") or {}),
     }
     return yaml.dump(doc, Dumper=_YAML_DUMPER, sort_keys=False)

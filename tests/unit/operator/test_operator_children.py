@@ -199,3 +199,17 @@ def test_torchrun_shutdown_timeout_fits_in_the_grace_period(grace, timeout):
 
     assert shutdown_timeout(grace) == timeout
     assert timeout < grace or grace <= 1  # the launcher keeps time to collect the exit codes
+
+
+def test_the_time_budget_annotation_reaches_the_trainers_config():
+    """sft.dev/max-train-seconds is read by the trainer from its config file's metadata: without it
+    there, a pod trained every step however the job was annotated."""
+    from sft_api.contract import TIME_BUDGET_ANNOTATION
+    from sft_operator.children import resolved_config
+
+    body = {"metadata": {"name": "j", "annotations": {TIME_BUDGET_ANNOTATION: "60", "other": "x"}},
+            "spec": {"model": {"uri": "builtin://tiny-llama"}}}
+    meta = yaml.safe_load(resolved_config(body, "ns"))["metadata"]
+    assert meta["annotations"] == {TIME_BUDGET_ANNOTATION: "60"}  # only the trainer's own annotation
+    del body["metadata"]["annotations"]
+    assert "annotations" not in yaml.safe_load(resolved_config(body, "ns"))["metadata"]
