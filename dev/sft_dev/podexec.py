@@ -170,7 +170,7 @@ class PodExecutor(threading.Thread):
             for a in self.attempts.values():
                 for p in a.procs:
                     if p.alive():
-                        os.killpg(p.popen.pid, signal.SIGKILL)
+                        _kill_container(p.popen.pid)
                         p.popen.wait(10)
 
     # -- kubelet duties ------------------------------------------------------------------------
@@ -295,7 +295,7 @@ class PodExecutor(threading.Thread):
         """Signal the container's main process (the kubelet's view: the pod's PID 1)."""
         try:
             if sig == signal.SIGKILL:
-                os.killpg(proc.popen.pid, signal.SIGKILL)  # the whole container: torchrun and its workers
+                _kill_container(proc.popen.pid)  # the whole container: torchrun and its workers
             else:
                 os.kill(proc.popen.pid, sig)
         except ProcessLookupError:
@@ -304,6 +304,27 @@ class PodExecutor(threading.Thread):
     def live_attempts(self) -> list[Attempt]:
         with self.lock:
             return [a for a in self.attempts.values() if a.alive()]
+
+
+def _kill_container(pid: int) -> None:
+    """SIGKILL a pod's main process, its process group and every descendant, as a kubelet's container
+    kill takes its whole cgroup: torch's elastic agent starts its workers in their own sessions, so
+    the group alone would leave them training on beside the next attempt."""
+    import psutil
+
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in procs:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _tail(path: Path, n: int) -> str:
