@@ -150,8 +150,11 @@ def gate_failures(cfg: Any, result: Any) -> list[str]:
             elif rate < floor:
                 out.append(f"golden-set pass rate of task_type {task!r} {_pct(rate)} < "
                            f"spec.eval.goldenSet.minPassRateByTask[{task}] {_pct(floor)}")
-    for task, floor in sorted(cfg.min_exact_match_by_task.items()):
-        rate = (result.exact_match_after or {}).get(task)
+    # Rank 0 measures the held-out exact match; the other ranks of a gang have no figures to gate on
+    # (without this guard every rank > 0 failed the gate, and so the job).
+    floors = cfg.min_exact_match_by_task if result.exact_match_after is not None else {}
+    for task, floor in sorted(floors.items()):
+        rate = result.exact_match_after.get(task)
         if rate is None:
             out.append(f"spec.eval.minExactMatchByTask: the test split has no task_type {task!r}")
         elif rate < floor:

@@ -117,6 +117,8 @@ def test_the_evaluation_status_fits_the_status_schema():
                  id="exact match below its floor fails"),
     pytest.param({"sql": 0.1}, {"upper": 1.0}, 65, ["the test split has no task_type 'sql'"],
                  id="a floor for a task the test split lacks fails"),
+    # found by the 2-pod gang on the real node: rank 1 exited 65 and failed the job
+    pytest.param({"upper": 0.5}, None, 0, [], id="a rank that measured nothing (rank > 0 of a gang) passes"),
 ])
 def test_exact_match_floors(tmp_path, floors, after, code, words):
     cfg = ResolvedConfig.from_job(make_job(eval={"minExactMatchByTask": floors}), workdir=tmp_path, cuda=False, env={})
