@@ -7,6 +7,8 @@
   ServiceAccount token.
 - The operator is installed with the README's own `helm install` line, run after the README's
   `eval "$(./scripts/sftctl dev-cluster env)"`.
+- The README's real-node steps after that, as written: examples/quickstart.yaml itself (its capped
+  variant) trained in a real pod to Succeeded (`kubectl wait`).
 
 A private cluster with only the real node, as in test_e2e_realnode.py (its fixture, a cluster of
 this module's own). Run it under `flock /tmp/sft-realnode.lock`: one real node per machine.
@@ -30,6 +32,9 @@ pytestmark = [pytest.mark.realnode, pytest.mark.cluster, pytest.mark.slow, pytes
 GANG_NS = "sft-gang"
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 DATA = ROOT / "examples" / "data" / "quickstart"
+# The README caps the quickstart's training with this annotation for a run of a few minutes; the
+# test follows that variant of its apply step.
+QUICKSTART_CAP_SECONDS = 60
 STEPS = 60  # the gang's: at load 20 on 2 cores a step of the 2-pod gang takes ~10 s
 
 
@@ -83,6 +88,11 @@ def operator(real):
     real.kubectl("label", "namespace", GANG_NS, "pod-security.kubernetes.io/enforce=restricted",
                  "pod-security.kubernetes.io/enforce-version=latest")
     return steps
+
+
+def _sh_background(real, cmd: str) -> subprocess.Popen:
+    argv, env = _shell(real, cmd)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _diag(real, ns: str) -> str:
@@ -144,6 +154,45 @@ def test_pods_resolve_cluster_names_through_coredns_and_nothing_outside(real, op
     assert got["kubernetes.default"] == [KUBERNETES_SERVICE_IP], got
     for outside in ("example.com", "pypi.org", "deb.debian.org"):
         assert isinstance(got[outside], str) and got[outside].startswith("gaierror"), got
+
+
+def test_readme_local_cluster_steps_train_the_quickstart_in_a_real_pod(real, operator):
+    """The README's steps after `dev-cluster env`, as written: apply examples/quickstart.yaml (the
+    README's capped variant of that line) and `kubectl wait` for Succeeded."""
+    steps = operator
+    (apply,) = [s for s in steps if "examples/quickstart.yaml" in s and "kubectl" in s and "apply" in s]
+    (wait,) = [s for s in steps if s.startswith("kubectl wait")]
+    readme = (ROOT / "README.md").read_text()
+    capped = ("kubectl annotate --local -f examples/quickstart.yaml sft.dev/max-train-seconds="
+              f"{QUICKSTART_CAP_SECONDS} -o yaml | kubectl apply -f -")
+    assert apply == "kubectl apply -f examples/quickstart.yaml" and capped in readme, (apply, capped)
+    t = time.monotonic()
+    p = _sh(real, capped)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "sftjob.sft.dev/quickstart created" in p.stdout, p.stdout
+    # The README's `kubectl wait`, with the test's time limit; a Failed job ends the wait early.
+    waiter = _sh_background(real, re.sub(r"--timeout=\S+", "--timeout=1200s", wait))
+    try:
+        real.wait("the quickstart did not finish", lambda: waiter.poll() is not None or (real.get(
+            "sftjob", "quickstart", "-n", "default").get("status") or {}).get("phase") == "Failed", 1260)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        out, _ = waiter.communicate(timeout=30)
+    took = time.monotonic() - t
+    status = real.get("sftjob", "quickstart", "-n", "default").get("status") or {}
+    assert waiter.returncode == 0 and status.get("phase") == "Succeeded", \
+        f"{out}\n{json.dumps(status, indent=1)}\n{_diag(real, 'default')}"
+    assert "condition met" in out, out
+    print(f"README quickstart on the real node: Succeeded in {took:.0f}s (training capped at "
+          f"{QUICKSTART_CAP_SECONDS}s), step {(status.get('progress') or {}).get('step')}")
+    (pod,) = [x for x in real.get("pods", "-n", "default", "-l", "sft.dev/job-name=quickstart")["items"]
+              if x["spec"]["containers"][0]["name"] == "trainer"]
+    assert pod["spec"]["nodeName"] == "real-node-0"
+    assert (status.get("progress") or {}).get("step", 0) > 0, status
+    # The relative data paths resolved in the image (its working dir holds examples/data): the
+    # preflight pod read them, and so did the trainer.
+    assert (status.get("preflight") or {}).get("passed") is True, status.get("preflight")
 
 
 def _gang_job(real) -> dict:
