@@ -8,7 +8,9 @@ from sft_operator.run_operator import main as run_main
 from sft_operator.settings import OperatorSettings
 
 
-def test_metric_names_and_phase_counts():
+def test_metric_names_and_phase_counts(monkeypatch):
+    # the tracker is process-wide: other tests' reconcile passes record jobs of their own in it
+    monkeypatch.setattr(metrics.JOBS, "_phases", {})
     metrics.JOBS.set(("ns", "a"), "Running")
     metrics.JOBS.set(("ns", "b"), "Running")
     metrics.JOBS.set(("ns", "c"), None)
