@@ -226,6 +226,9 @@ def real_cluster(tmp: Path, namespace: str, buckets: list[str]):
     except (ClusterError, RealNodeError) as e:
         cluster.down()
         pytest.fail(f"the dev cluster with a real node did not start: {e}", pytrace=False)
+    except BaseException:  # anything else (an image archive replaced meanwhile): never leave the node running
+        cluster.down()
+        raise
     print(f"dev cluster with the real node up in {time.monotonic() - t:.0f}s")
     s3 = fwd = None
     try:

@@ -11,140 +11,28 @@ scripts/test.sh builds them first; without them the fixture fails and says what 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from sft_realnode import CHART, ROOT, real_cluster
 
 # The first test's setup imports the trainer image (5.6 GB) into containerd when its content changed:
 # minutes on 2 busy cores, beyond the suite's default per-test timeout.
 pytestmark = [pytest.mark.realnode, pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "sft-operator"
 NS = "sft-realnode"
 RELEASE = "sft"
 BUCKET = "realnode"
 
 
-def _require_built() -> None:
-    """The node's binaries and both images must be built (scripts/test.sh does it just before pytest).
-    An image built from older sources is used with a warning: in a working tree that others edit,
-    the sources change faster than the trainer image (5.6 GB) can be rebuilt."""
-    import warnings
-
-    from sft_dev import images, realnode_build
-
-    if os.environ.get("SFT_TEST_BUILD"):
-        realnode_build.ensure_binaries()
-        images.build()
-    missing = []
-    if not realnode_build.binaries_ready():
-        missing.append(f"the real node's binaries ({realnode_build.bin_dir()}): "
-                       "`sftctl dev-cluster build --real-node`")
-    for name, spec in images.IMAGES.items():
-        if not list(images.images_dir().glob(f"{name}-*.json")):
-            missing.append(f"the {spec.ref} image: `sftctl images build`")
-        elif not images.is_current(name):
-            warnings.warn(f"{spec.ref} was built from older sources; `sftctl images build` rebuilds it")
-    if missing:
-        # Builds take minutes (the trainer image carries torch): longer than a test may take.
-        pytest.fail("not built: " + "; ".join(missing) + " (or set SFT_TEST_BUILD=1)", pytrace=False)
-
-
-class Real:
-    """The private cluster with the real node, its S3 and clients."""
-
-    def __init__(self, info, s3, s3_port: int, tmp: Path):
-        from sft_dev.tools import helm, kubectl
-
-        self.info, self.s3, self.s3_port, self.tmp = info, s3, s3_port, tmp
-        self.env = dict(os.environ, KUBECONFIG=str(info.kubeconfig), HELM_CACHE_HOME=str(tmp / "helm" / "cache"),
-                        HELM_CONFIG_HOME=str(tmp / "helm" / "config"), HELM_DATA_HOME=str(tmp / "helm" / "data"))
-        self.kubectl_exe, self.helm_exe = str(kubectl()), str(helm(4))
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120):
-        p = subprocess.run([self.kubectl_exe, *args], input=input, capture_output=True, text=True, env=self.env,
-                           timeout=timeout)
-        if check and p.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        return p
-
-    def helm(self, *args: str):
-        p = subprocess.run([self.helm_exe, *args], capture_output=True, text=True, env=self.env, timeout=300)
-        if p.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        return p
-
-    def get(self, *args: str) -> dict:
-        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
-
-    def wait(self, what: str, check, timeout: float, diag=lambda: "") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(2)
-        raise AssertionError(f"{what} within {timeout:.0f}s\n{diag()}")
-
-    def diag(self) -> str:
-        """What a failing wait shows: pods, events, the operator's and the kubelet's last lines."""
-        out = [self.kubectl("get", "pods,jobs,sftjobs", "-n", NS, "-o", "wide", check=False).stdout,
-               self.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False).stdout[-3000:],
-               self.kubectl("logs", "-n", NS, "-l", "app.kubernetes.io/name=sft-operator", "--tail=30",
-                            check=False).stdout]
-        log = self.info.state_dir / "logs" / "kubelet.log"
-        if log.exists():
-            out.append("kubelet: " + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
-        return "\n".join(out)
-
-
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    from sft_dev.cluster import ClusterError, DevCluster, Ports
-    from sft_dev.realnode import RealNodeError, expose
-    from sft_dev.s3 import start_s3
-
-    _require_built()
-    tmp = tmp_path_factory.mktemp("realnode")
-    cluster = DevCluster(tmp / "cluster")
-    t = time.monotonic()
-    try:
-        info = cluster.up(nodes=0, ports=Ports.free(), real_node=True)
-    except (ClusterError, RealNodeError) as e:
-        cluster.down()
-        pytest.fail(f"the dev cluster with a real node did not start: {e}", pytrace=False)
-    except BaseException:  # anything else (an image archive replaced meanwhile): never leave the node running
-        cluster.down()
-        raise
-    print(f"dev cluster with the real node up in {time.monotonic() - t:.0f}s")
-    s3 = start_s3(tmp / "s3", buckets=[BUCKET])
-    port = int(s3.endpoint.rsplit(":", 1)[1])
-    fwd = expose(tmp, "s3", port)
-    r = Real(info, s3, port, tmp)
-    try:
-        r.kubectl("create", "namespace", NS)
-        r.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted",
-                  "pod-security.kubernetes.io/enforce-version=latest")
+    """This module's private cluster (sft_realnode.real_cluster): the real node only, SeaweedFS on
+    the bridge, the restricted namespace NS; the host is checked on the way out."""
+    with real_cluster(tmp_path_factory.mktemp("realnode"), NS, [BUCKET]) as r:
         yield r
-    finally:
-        fwd.kill()
-        fwd.wait(10)
-        s3.stop()
-        cluster.down()
-        _assert_host_clean()
-
-
-def _assert_host_clean() -> None:
-    from sft_dev import realnode
-
-    assert subprocess.run(["ip", "link", "show", realnode.BRIDGE], capture_output=True).returncode != 0, \
-        f"bridge {realnode.BRIDGE} left behind"
-    assert not realnode.shim_pids(), "containerd shims left running"
-    assert not realnode.mounts_under(realnode.RUN_DIR), "mounts left under /run/sft-realnode"
 
 
 def test_real_node_is_ready_and_not_kwok(real):
