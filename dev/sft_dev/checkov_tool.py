@@ -13,7 +13,6 @@ nothing. ``python -m sft_dev.checkov_tool --out bench/results/checkov.json`` wri
 from __future__ import annotations
 
 import argparse
-import fcntl
 import fnmatch
 import json
 import os
@@ -51,30 +50,12 @@ def checkov_venv_dir() -> Path:
 
 
 def checkov_bin(log=sys.stderr) -> Path:
-    """The ``checkov`` executable, built once (``python -m venv`` + a pinned ``pip install``) under a lock."""
-    root = checkov_venv_dir()
-    exe = root / "bin" / "checkov"
-    ready = root / ".ready"
-    if ready.is_file():
-        return exe
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f"{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ready.is_file():
-            return exe
-        base = getattr(sys, "_base_executable", None) or sys.executable
-        print(f"building the checkov {CHECKOV_VERSION} tool venv in {root} (once; about a minute)", file=log)
-        t0 = time.monotonic()
-        for cmd in ([base, "-m", "venv", "--clear", str(root)],
-                    [str(root / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                     f"checkov=={CHECKOV_VERSION}"]):
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-            if p.returncode != 0:
-                raise CheckovToolError(f"building the checkov tool venv failed: {' '.join(cmd[:4])}...: "
-                                       f"{(p.stderr or p.stdout)[-2000:]}")
-        ready.write_text(json.dumps({"checkov": CHECKOV_VERSION, "seconds": round(time.monotonic() - t0, 1)}))
-        print(f"built {root} in {time.monotonic() - t0:.0f}s", file=log)
-    return exe
+    """The ``checkov`` executable of its own pinned venv, built once."""
+    from sft_dev.tools import pinned_venv
+
+    py = pinned_venv(checkov_venv_dir(), {"checkov": CHECKOV_VERSION}, f"checkov {CHECKOV_VERSION} tool",
+                     CheckovToolError, log)
+    return py.parent / "checkov"
 
 
 # -- what goes on a cluster ------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ come from Debian's `prometheus` package.
 
 from __future__ import annotations
 
+import fcntl
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -143,3 +146,30 @@ def prometheus() -> Path:
 
 def promtool() -> Path:
     return _debian("promtool")
+
+
+def pinned_venv(root: Path, pins: dict[str, str], what: str, error: type[Exception], log=sys.stderr) -> Path:
+    """A tool's own venv at ``root`` with the pinned packages, built once (``python -m venv`` + one
+    ``pip install``) under a lock, marked ready by ``root/.ready``; returns its python. A failed
+    step raises ``error`` naming the command and pip's last output."""
+    py = root / "bin" / "python"
+    ready = root / ".ready"
+    if ready.is_file():
+        return py
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready.is_file():
+            return py
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        print(f"building the {what} venv in {root} (once)", file=log)
+        t0 = time.monotonic()
+        for cmd in ([base, "-m", "venv", "--clear", str(root)],
+                    [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                     *[f"{name}=={version}" for name, version in pins.items()]]):
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            if p.returncode != 0:
+                raise error(f"building the {what} venv failed: {' '.join(cmd[:4])}...: {(p.stderr or p.stdout)[-2000:]}")
+        ready.write_text(json.dumps({**pins, "seconds": round(time.monotonic() - t0, 1)}))
+        print(f"built {root} in {time.monotonic() - t0:.0f}s", file=log)
+    return py

@@ -12,7 +12,6 @@ session, and ``stop_mlflow`` ends the whole process group, then any child that l
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import signal
@@ -40,30 +39,11 @@ def tool_venv_dir() -> Path:
 
 
 def tool_venv(log=sys.stderr) -> Path:
-    """The tool venv's python, built once (``python -m venv`` + pinned ``pip install``) under a lock."""
-    root = tool_venv_dir()
-    py = root / "bin" / "python"
-    ready = root / ".ready"
-    if ready.is_file():
-        return py
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f"{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ready.is_file():
-            return py
-        base = getattr(sys, "_base_executable", None) or sys.executable
-        t0 = time.monotonic()
-        for cmd in ([base, "-m", "venv", "--clear", str(root)],
-                    [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                     f"mlflow=={MLFLOW_VERSION}", f"tensorboard=={TENSORBOARD_VERSION}"]):
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-            if p.returncode != 0:
-                raise TrackingToolError(f"building the tracking tool venv failed: {' '.join(cmd[:4])}...: "
-                                        f"{(p.stderr or p.stdout)[-2000:]}")
-        ready.write_text(json.dumps({"mlflow": MLFLOW_VERSION, "tensorboard": TENSORBOARD_VERSION,
-                                     "seconds": round(time.monotonic() - t0, 1)}))
-        print(f"built {root} in {time.monotonic() - t0:.0f}s", file=log)
-    return py
+    """The tool venv's python (MLflow and TensorBoard, pinned), built once."""
+    from sft_dev.tools import pinned_venv
+
+    return pinned_venv(tool_venv_dir(), {"mlflow": MLFLOW_VERSION, "tensorboard": TENSORBOARD_VERSION},
+                       "tracking tool", TrackingToolError, log)
 
 
 def _free_port() -> int:
