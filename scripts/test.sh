@@ -9,10 +9,11 @@ cd "$root"
 log="$(mktemp -d)"
 start=$(date +%s)
 
-# Debian packages of the real node (runc's libseccomp, the CNI plugins) and of the image build
-# (buildah, mmdebstrap), installed once up front so the background builds never race for apt's lock.
-realnode_pkgs="libseccomp-dev pkg-config containernetworking-plugins buildah mmdebstrap"
-if ! dpkg-query -W -f='${Status}\n' $realnode_pkgs 2>/dev/null | grep -c "install ok installed" | grep -qx 5; then
+# Debian packages of the real node (runc's libseccomp, the CNI plugins, iptables and ipset for kube-router's
+# network policies) and of the image build (buildah, mmdebstrap), installed once up front so the
+# background builds never race for apt's lock.
+realnode_pkgs="libseccomp-dev pkg-config containernetworking-plugins iptables ipset buildah mmdebstrap"
+if ! dpkg-query -W -f='${Status}\n' $realnode_pkgs 2>/dev/null | grep -c "install ok installed" | grep -qx 7; then
   echo "installing Debian packages for the real node and the images: $realnode_pkgs"
   if ! (apt-get install -y -qq --no-install-recommends $realnode_pkgs >/dev/null 2>&1 \
         || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $realnode_pkgs >/dev/null 2>&1; }); then
@@ -22,7 +23,7 @@ if ! dpkg-query -W -f='${Status}\n' $realnode_pkgs 2>/dev/null | grep -c "instal
 fi
 
 # The Go builds need only the standard library and Go, so they run alongside the pip install: the
-# control plane, then the real node's containerd, runc and kubelet (same Go caches, same wrapper).
+# control plane, then the real node's containerd, runc, kubelet, CoreDNS and kube-router (same Go caches).
 (PYTHONPATH="$root/dev" python3 -m sft_dev.build && PYTHONPATH="$root/dev" python3 -m sft_dev.realnode_build) \
   >"$log/build.out" 2>"$log/build.err" &
 build_pid=$!

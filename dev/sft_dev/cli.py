@@ -55,6 +55,9 @@ def up(
                                    "build` made. Needs root."),
     kueue: bool = typer.Option(False, "--kueue", help="Also run Kueue (built from the Go module proxy, its CRDs "
                                "from the module cache, its webhooks on 127.0.0.1) for batch/v1 Jobs."),
+    network_policy: bool = typer.Option(False, "--network-policy", help="With --real-node: enforce NetworkPolicies "
+                                        "on it (kube-router's firewall; sets net.bridge.bridge-nf-call-iptables=1 "
+                                        "until `down`)."),
     state_dir: Optional[Path] = StateDir,
 ) -> None:
     """Start the cluster (idempotent: a running one is left alone; nodes are added up to --nodes)."""
@@ -65,7 +68,7 @@ def up(
         ports = Ports(*(port_base + i for i in range(6)))
     try:
         info = DevCluster(state_dir).up(nodes=nodes, gpus_per_node=gpus_per_node, ports=ports, real_node=real_node,
-                                        kueue=kueue)
+                                        kueue=kueue, network_policy=network_policy)
     except (ClusterError, BuildError, ToolError, RealNodeError, KueueError) as e:
         _fail(e)
     typer.echo(f"dev cluster running: {info.server}, {len(info.nodes)} kwok GPU node(s) "
@@ -75,6 +78,8 @@ def up(
     if real_node:
         typer.echo(f"real node: {REAL_NODE_NAME} ({NODE_IP} on bridge {BRIDGE}); select it with "
                    f"nodeSelector {{{NODE_LABEL}: \"true\"}}")
+        if network_policy:
+            typer.echo("network policies: enforced on the real node (kube-router's firewall)")
     typer.echo(f"kubeconfig: {info.kubeconfig}")
     typer.echo("use it with:")
     typer.echo(f"  export KUBECONFIG={shlex.quote(str(info.kubeconfig))}")
@@ -140,7 +145,8 @@ def env(state_dir: Optional[Path] = StateDir) -> None:
 
 @app.command("build")
 def build_cmd(force: bool = typer.Option(False, help="Rebuild even if cached binaries exist."),
-              real_node: bool = typer.Option(False, "--real-node", help="Also build containerd, runc and kubelet.")
+              real_node: bool = typer.Option(False, "--real-node", help="Also build containerd, runc, kubelet, "
+                                             "CoreDNS and kube-router.")
               ) -> None:
     """Build (or reuse) etcd, kube-apiserver, controller-manager, scheduler and kwok from the Go module proxy."""
     rc = build_mod.main(["--force"] if force else [])

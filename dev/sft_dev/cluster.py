@@ -36,6 +36,9 @@ SERVICE_CIDR = "10.96.0.0/16"
 REAL_NODE_NAME = "real-node-0"  # sft_dev.realnode.NODE_NAME (kept here so cluster.py imports stay light)
 REAL_NODE_COMPONENTS = ("containerd", "apiserver-proxy", "coredns", "kubelet")  # the real node's (sft_dev.realnode)
 COREDNS_USER = "system:sft-dev:coredns"  # CoreDNS on the real node authenticates as this user
+# kube-router's network-policy controller (`up --real-node --network-policy`): its component and user
+NETWORK_POLICY_COMPONENT = "kube-router"
+KUBE_ROUTER_USER = "system:sft-dev:kube-router"
 
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 INSTANCE_TYPE = "p5.48xlarge"
@@ -250,7 +253,9 @@ class DevCluster:
         cfg = self.load_config()
         ports = self._ports(cfg).by_component() if cfg else {}
         out = []
-        real = REAL_NODE_COMPONENTS if (cfg or {}).get("real_node", {}).get("enabled") else ()
+        real_cfg = (cfg or {}).get("real_node", {})
+        real = REAL_NODE_COMPONENTS if real_cfg.get("enabled") else ()
+        real += (NETWORK_POLICY_COMPONENT,) if real and real_cfg.get("network_policy") else ()
         real += ("kueue",) if (cfg or {}).get("kueue", {}).get("enabled") else ()
         for c in (*COMPONENTS, *real):
             rec = _read_pidfile(self.pidsdir / f"{c}.json")
@@ -272,7 +277,7 @@ class DevCluster:
             stopped += Kueue(self).down()
 
         rn = RealNode(self)
-        if any((self.pidsdir / f"{c}.json").exists() for c in REAL_NODE_COMPONENTS) \
+        if any((self.pidsdir / f"{c}.json").exists() for c in (*REAL_NODE_COMPONENTS, NETWORK_POLICY_COMPONENT)) \
                 or rn.owner() == self.state_dir:
             stopped += rn.down()
         cfg = self.load_config()
@@ -309,12 +314,15 @@ class DevCluster:
 
     # -- up ----------------------------------------------------------------------------------
     def up(self, nodes: int = 4, gpus_per_node: int = 8, ports: Ports | None = None, wait: float = 120.0,
-           log=sys.stderr, real_node: bool = False, kueue: bool = False) -> ClusterInfo:
+           log=sys.stderr, real_node: bool = False, kueue: bool = False, network_policy: bool = False) -> ClusterInfo:
         """Start (or keep) the cluster. Idempotent: a healthy cluster is left as it is, and nodes are
         added up to `nodes`; a partly dead one is restarted from its state dir. `real_node` adds one
-        real kubelet node (sft_dev.realnode) beside the kwok nodes."""
+        real kubelet node (sft_dev.realnode) beside the kwok nodes; `network_policy` also enforces
+        NetworkPolicies on it (kube-router's firewall)."""
         if nodes < 0 or gpus_per_node < 0:
             raise ClusterError("nodes and gpus_per_node must be >= 0")
+        if network_policy and not real_node:
+            raise ClusterError("network_policy needs real_node: only the real node's pods are on a network")
         bindir = ensure_binaries(log=log)
         cfg = self.load_config()
         if cfg and ports is not None and self._ports(cfg) != ports:
@@ -331,6 +339,8 @@ class DevCluster:
         cfg["component_tokens"].setdefault("kubelet", secrets.token_hex(16))
         # CoreDNS on the real node reads Services and EndpointSlices as a user of its own.
         cfg["component_tokens"].setdefault("coredns", secrets.token_hex(16))
+        # kube-router (network policies on the real node) watches pods, namespaces and policies as its own user.
+        cfg["component_tokens"].setdefault("kube-router", secrets.token_hex(16))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for d in (self.pki, self.logs, self.pidsdir):
             d.mkdir(exist_ok=True)
@@ -355,9 +365,9 @@ class DevCluster:
         if real_node:
             from sft_dev.realnode import RealNode
 
-            cfg["real_node"] = dict(cfg.get("real_node") or {}, enabled=True)
+            cfg["real_node"] = dict(cfg.get("real_node") or {}, enabled=True, network_policy=network_policy)
             self.config_file.write_text(json.dumps(cfg, indent=1))
-            RealNode(self).up(cfg, log=log)
+            RealNode(self).up(cfg, log=log, network_policy=network_policy)
         if kueue:  # Kueue (sft_dev.kueue): its CRDs, the manager, its webhooks on 127.0.0.1
             from sft_dev.kueue import Kueue
 
@@ -372,7 +382,7 @@ class DevCluster:
         except OSError:
             return False
         rec = _read_pidfile(self.pidsdir / "kube-apiserver.json") or {}
-        return (cfg["component_tokens"]["kubelet"] in tokens and cfg["component_tokens"]["coredns"] in tokens
+        return (all(cfg["component_tokens"][c] in tokens for c in ("kubelet", "coredns", "kube-router"))
                 and any(a.startswith("--kubelet-client-certificate=") for a in rec.get("argv", [])))
 
     def _check_ports(self, p: Ports, grace: float = 0.0) -> None:
@@ -449,6 +459,7 @@ class DevCluster:
             f'{ct["kwok"]},kwok-controller,uid-kwok,"system:masters"\n'
             f'{ct["kubelet"]},system:node:{REAL_NODE_NAME},uid-node-{REAL_NODE_NAME},"system:nodes"\n'
             f'{ct["coredns"]},{COREDNS_USER},uid-coredns\n'
+            f'{ct["kube-router"]},{KUBE_ROUTER_USER},uid-kube-router\n'
         )
         os.chmod(self.pki / "tokens.csv", 0o600)
         self.kubeconfig.write_text(self._kubeconfig_text(server, "sft-dev-admin", cfg["token"]))

@@ -25,6 +25,15 @@ bridge and a forwarder (sft_dev.forward) passes it to the apiserver on 127.0.0.1
 clients (the operator, the trainer's progress channel) work with the apiserver's existing
 certificate. Servers that pods use (SeaweedFS) are exposed on NODE_IP the same way (`expose`).
 
+Network policies (opt-in, `up --real-node --network-policy`): kube-router's network-policy
+controller (built by realnode_build) runs as a host process with its router and service proxy off.
+It enforces NetworkPolicies with iptables rules in the filter table and ipsets; pod-to-pod traffic on
+the bridge reaches iptables' FORWARD chain only with net.bridge.bridge-nf-call-iptables=1, which `up`
+sets and `down` puts back. `down` deletes kube-router's chains, the rules that jump to them and its
+ipsets itself: v2.1.0's `--cleanup-config` removes none of the firewall's (it builds the controller
+without its iptables and ipset handlers), then tries to flush every IPVS service on the machine and
+panics.
+
 One real node per machine (it owns the bridge, port 10250 on NODE_IP and /run/sft-realnode);
 `down` removes the bridge, every mount under its directories, its cgroups and its processes.
 """
@@ -34,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -57,6 +67,15 @@ DNS_PORT = 53
 CLUSTER_DOMAIN = "cluster.local"
 # CoreDNS's user in the apiserver's token file, and the node's processes (pidfiles), as cluster.py has them
 COREDNS_USER, COMPONENTS = _cluster.COREDNS_USER, _cluster.REAL_NODE_COMPONENTS
+KUBE_ROUTER, KUBE_ROUTER_USER = _cluster.NETWORK_POLICY_COMPONENT, _cluster.KUBE_ROUTER_USER
+BRIDGE_NF_SYSCTL = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+# What kube-router's network-policy controller creates (pkg/controllers/netpol): chains in the filter
+# table, and ipsets of the pods each policy selects or admits.
+KUBE_ROUTER_CHAINS = ("KUBE-ROUTER-INPUT", "KUBE-ROUTER-FORWARD", "KUBE-ROUTER-OUTPUT")
+KUBE_ROUTER_CHAIN_PREFIXES = ("KUBE-NWPLCY-", "KUBE-POD-FW-")
+KUBE_ROUTER_IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-")
+# The last rule of the controller's first sync: its chains are complete from then on.
+KUBE_ROUTER_SYNCED = "rule to explicitly ACCEPT traffic that comply to network policies"
 
 
 class RealNodeError(RuntimeError):
@@ -85,12 +104,16 @@ def ctr(*args: str, check: bool = True, timeout: float | None = None) -> subproc
                 *args], f"ctr {' '.join(args[:2])}", check=check, timeout=timeout)
 
 
-def preflight() -> None:
+def preflight(network_policy: bool = False) -> None:
     """Say what this machine lacks for a real node, before anything is started."""
     if os.geteuid() != 0:
         raise RealNodeError("the real node needs root (kubelet, containerd, the bridge)")
     if shutil.which("ip") is None:
         raise RealNodeError("`ip` (Debian's iproute2) is needed to create the bridge")
+    if network_policy:
+        for tool, pkg in (("iptables", "iptables"), ("iptables-save", "iptables"), ("ipset", "ipset")):
+            if shutil.which(tool) is None:
+                raise RealNodeError(f"`{tool}` is needed to enforce network policies: apt-get install {pkg}")
     if not realnode_build.CNI_DIR.joinpath("bridge").exists():
         raise RealNodeError(f"no CNI bridge plugin in {realnode_build.CNI_DIR}: "
                             "apt-get install containernetworking-plugins")
@@ -165,6 +188,33 @@ def coredns_rbac() -> list[dict]:
     ]
 
 
+def kube_router_rbac() -> list[dict]:
+    """What kube-router reads with only its firewall on: the pods, namespaces and policies it
+    enforces, its own Node, and the Services and endpoints its shared informers also start."""
+    name = "sft-dev:kube-router"
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+         "rules": [{"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services", "endpoints"],
+                    "verbs": ["get", "list", "watch"]},
+                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                   {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                    "verbs": ["list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBE_ROUTER_USER}]},
+    ]
+
+
+def kube_router_argv(kubeconfig: Path) -> list[str]:
+    """Only the network-policy controller: no routes, no service proxy, no CNI config, and no
+    health or metrics listener (its health server would listen on every address)."""
+    return [str(realnode_build.kube_router_bin()), "--run-firewall=true", "--run-router=false",
+            "--run-service-proxy=false", "--run-loadbalancer=false", "--enable-cni=false",
+            f"--kubeconfig={kubeconfig}", f"--hostname-override={NODE_NAME}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--enable-ipv4=true", "--enable-ipv6=false",
+            "--health-port=0", "--metrics-port=0", "--v=1"]
+
+
 def cni_conflist(state: Path) -> dict:
     return {
         "cniVersion": "1.0.0",
@@ -192,6 +242,9 @@ def kubelet_config(state: Path, ca_file: Path, healthz_port: int) -> dict:
                            "x509": {"clientCAFile": str(ca_file)}},
         "authorization": {"mode": "AlwaysAllow"},
         "failSwapOn": False,
+        # No KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY and KUBE-FIREWALL chains: kubelet never removes
+        # them, and the node has no kube-proxy whose route_localnet they guard. iptables stays as found.
+        "makeIPTablesUtilChains": False,
         "podLogsDir": str(state / "pod-logs"),
         "volumePluginDir": str(state / "volume-plugins"),
         # CoreDNS on the bridge; the empty host resolv.conf keeps the machine's resolvers and search
@@ -258,6 +311,51 @@ def delete_pod_netns() -> list[str]:
     for f in Path("/var/lib/cni/results").glob("sft-dev-*"):
         f.unlink(missing_ok=True)
     return gone
+
+
+# ------------------------------------------------------------------------------------------ firewall
+
+
+def _is_kube_router_chain(name: str) -> bool:
+    return name in KUBE_ROUTER_CHAINS or name.startswith(KUBE_ROUTER_CHAIN_PREFIXES)
+
+
+def kube_router_firewall() -> tuple[list[str], list[str]]:
+    """kube-router's chains in the filter table and its ipsets, as they are now."""
+    chains, sets = [], []
+    if shutil.which("iptables"):
+        out = _sh(["iptables", "-t", "filter", "-S"], "iptables -S", check=False).stdout
+        chains = [ln.split()[1] for ln in out.splitlines() if ln.startswith("-N ") and _is_kube_router_chain(ln.split()[1])]
+    if shutil.which("ipset"):
+        out = _sh(["ipset", "list", "-n"], "ipset list -n", check=False).stdout
+        sets = [n for n in out.split() if n.startswith(KUBE_ROUTER_IPSET_PREFIXES)]
+    return chains, sets
+
+
+def chain_rules(chain: str) -> str:
+    return _sh(["iptables", "-t", "filter", "-S", chain], f"iptables -S {chain}", check=False).stdout
+
+
+def remove_kube_router_firewall() -> list[str]:
+    """Delete the rules that jump to kube-router's chains, the chains, then its ipsets (once no rule
+    references them). Only kube-router's names are touched: other rules on the machine stay."""
+    chains, sets = kube_router_firewall()
+    if chains:
+        for line in _sh(["iptables", "-t", "filter", "-S"], "iptables -S").stdout.splitlines():
+            args = shlex.split(line)
+            if args[:1] == ["-A"] and not _is_kube_router_chain(args[1]) and "-j" in args \
+                    and args[args.index("-j") + 1] in chains:
+                _sh(["iptables", "-t", "filter", "-D", *args[1:]], f"deleting the rule `{line}`")
+        for c in chains:
+            _sh(["iptables", "-t", "filter", "-F", c], f"flushing the chain {c}")
+        for c in chains:
+            _sh(["iptables", "-t", "filter", "-X", c], f"deleting the chain {c}")
+    for name in sets:
+        _sh(["ipset", "destroy", name], f"destroying the ipset {name}")
+    left = kube_router_firewall()
+    if left[0] or left[1]:
+        raise RealNodeError(f"kube-router's chains {left[0][:5]} or ipsets {left[1][:5]} are still there")
+    return [f"{len(chains)} iptables chain(s)"] * bool(chains) + [f"{len(sets)} ipset(s)"] * bool(sets)
 
 
 # ------------------------------------------------------------------------------------------ cleanup
@@ -468,9 +566,9 @@ class RealNode:
         except OSError:
             return None
 
-    def up(self, cfg: dict, log=sys.stderr, timeout: float = 120.0) -> None:
-        preflight()
-        realnode_build.ensure_binaries(log=log)
+    def up(self, cfg: dict, log=sys.stderr, timeout: float = 120.0, network_policy: bool = False) -> None:
+        preflight(network_policy)
+        realnode_build.ensure_binaries(log=log, kube_router=network_policy)
         owner = self.owner()
         if owner and owner != self.cluster.state_dir and (owner / "pids" / "kubelet.json").exists():
             raise RealNodeError(f"the dev cluster in {owner} already has the real node (one per machine); "
@@ -486,6 +584,10 @@ class RealNode:
         self._start_proxy(cfg)
         self._start_coredns(cfg, log)
         self._start_kubelet(cfg, log, timeout)
+        if network_policy:
+            self._start_kube_router(cfg, log)
+        else:  # an earlier `up --network-policy` of this cluster
+            self._stop_kube_router(cfg)
         load_built_images(log)
 
     def _start_containerd(self, log) -> None:
@@ -536,6 +638,60 @@ class RealNode:
         c._wait("coredns", proc, is_ready, 60)
         _log(f"CoreDNS {realnode_build.COREDNS_VERSION} on {NODE_IP}:{DNS_PORT} ({CLUSTER_DOMAIN}; nothing else)", log)
 
+    def _start_kube_router(self, cfg: dict, log) -> None:
+        c = self.cluster
+        if self.alive(KUBE_ROUTER):
+            return
+        self._bridge_nf_on(cfg)
+        info = c.info()
+        for obj in kube_router_rbac():
+            _apply(info, obj)
+        kubeconfig = c.pki / "kube-router.kubeconfig"
+        kubeconfig.write_text(c._kubeconfig_text(f"https://127.0.0.1:{cfg['ports']['apiserver']}", KUBE_ROUTER_USER,
+                                                 cfg["component_tokens"]["kube-router"]))
+        os.chmod(kubeconfig, 0o600)
+        t = time.monotonic()
+        proc = c._spawn(KUBE_ROUTER, kube_router_argv(kubeconfig))
+        c._wait(KUBE_ROUTER, proc, lambda: KUBE_ROUTER_SYNCED in chain_rules("KUBE-ROUTER-FORWARD"), 90)
+        _log(f"kube-router {realnode_build.KUBE_ROUTER_VERSION} enforces NetworkPolicies on {NODE_NAME} "
+             f"(first sync {time.monotonic() - t:.1f}s)", log)
+
+    def _bridge_nf_on(self, cfg: dict) -> None:
+        """Bridged pod-to-pod packets through iptables; the old value is kept in the cluster's config."""
+        if not BRIDGE_NF_SYSCTL.exists():
+            _sh(["modprobe", "br_netfilter"], "modprobe br_netfilter", check=False)
+        if not BRIDGE_NF_SYSCTL.exists():
+            raise RealNodeError(f"no {BRIDGE_NF_SYSCTL} (br_netfilter): bridged pod traffic would bypass the policies")
+        rn = cfg.setdefault("real_node", {})
+        rn.setdefault("bridge_nf_call_iptables_was", BRIDGE_NF_SYSCTL.read_text().strip())
+        self.cluster.config_file.write_text(json.dumps(cfg, indent=1))
+        BRIDGE_NF_SYSCTL.write_text("1")
+
+    def _stop_kube_router(self, cfg: dict | None = None) -> list[str]:
+        """Stop kube-router, remove its rules and ipsets, put the sysctl back (each only if it is ours).
+        `cfg`: the cluster's config as `up` holds it (else read from its file)."""
+        from sft_dev.cluster import _read_pidfile, _terminate
+
+        stopped = []
+        pidfile = self._pidfile(KUBE_ROUTER)
+        rec = _read_pidfile(pidfile)
+        if rec and self.alive(KUBE_ROUTER):
+            _terminate(rec["pid"], rec.get("start"))
+            stopped.append(f"{KUBE_ROUTER} (pid {rec['pid']})")
+        cfg = cfg if cfg is not None else (self.cluster.load_config() or {})
+        rn = cfg.get("real_node") or {}
+        try:
+            if rec or "bridge_nf_call_iptables_was" in rn:
+                stopped += remove_kube_router_firewall()
+        finally:
+            was = rn.pop("bridge_nf_call_iptables_was", None)
+            if was is not None:
+                if BRIDGE_NF_SYSCTL.exists():
+                    BRIDGE_NF_SYSCTL.write_text(was)
+                self.cluster.config_file.write_text(json.dumps(cfg, indent=1))
+            pidfile.unlink(missing_ok=True)
+        return stopped
+
     def _start_kubelet(self, cfg: dict, log, timeout: float) -> None:
         c = self.cluster
         token = cfg["component_tokens"]["kubelet"]
@@ -570,7 +726,11 @@ class RealNode:
         """Stop kubelet, kill every container, stop containerd, unmount, delete the bridge."""
         from sft_dev.cluster import _proc_start_time, _read_pidfile, _terminate
 
-        stopped = []
+        firewall_error = None
+        try:
+            stopped = self._stop_kube_router()
+        except RealNodeError as e:  # said after the rest of the node is down
+            firewall_error, stopped = e, []
         rec = _read_pidfile(self._pidfile("kubelet"))
         if rec and self.alive("kubelet"):
             _terminate(rec["pid"], rec.get("start"))
@@ -607,6 +767,8 @@ class RealNode:
             shutil.rmtree(RUN_DIR, ignore_errors=True)
         # kubelet's pod dirs (emptyDirs with the trainers' scratch) are not worth keeping
         shutil.rmtree(self.state / "kubelet" / "pods", ignore_errors=True)
+        if firewall_error is not None:
+            raise firewall_error
         return stopped
 
 

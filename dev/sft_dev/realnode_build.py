@@ -11,6 +11,10 @@ proxy, into a cache directory keyed by their versions (like sft_dev.build for th
 - CoreDNS v1.13.1 (cluster DNS) has no replace directives: `go install pkg@version`, CGO off, into
   its own version-keyed directory (coredns_dir()) with the same Go caches, so adding it (or changing
   its version) rebuilds nothing else.
+- kube-router v2.1.0 (only its network-policy controller runs: `up --real-node --network-policy`) has
+  no replace directives: `go install .../cmd/kube-router@v2.1.0`, CGO off (its own Makefile builds it
+  so), into its own version-keyed directory (kube_router_dir()) like CoreDNS. v2.1.0 is the only v2
+  release the Go module proxy serves here; why that is acceptable is in docs/dev-cluster.md.
 - pause: the pod sandbox's process. Nothing can be pulled here, so it is a 20-line Go program that
   sleeps until SIGTERM, imported as registry.k8s.io/pause:3.10.
 
@@ -33,6 +37,8 @@ from sft_dev.build import BuildError, K8S_VERSION, _lock, _run_go, cache_root
 CONTAINERD_VERSION = "v2.4.2"
 RUNC_VERSION = "v1.5.3"
 COREDNS_VERSION = "v1.13.1"
+KUBE_ROUTER_VERSION = "v2.1.0"
+KUBE_ROUTER_MODULE = "github.com/cloudnativelabs/kube-router/v2"
 PAUSE_VERSION = "3.10"  # the name kubelet 1.36 expects for its sandbox image
 BINARIES = ("containerd", "ctr", "containerd-shim-runc-v2", "runc", "kubelet", "pause")
 # Debian packages the build and the node need, with what each is for (installed by apt_install).
@@ -40,6 +46,8 @@ APT_PACKAGES = {
     "libseccomp-dev": "runc's seccomp support (cgo)",
     "pkg-config": "runc's build finds libseccomp through it",
     "containernetworking-plugins": "the bridge, host-local and loopback CNI plugins in /usr/lib/cni",
+    "iptables": "kube-router's network-policy controller enforces policies with iptables rules",
+    "ipset": "kube-router's network-policy controller keeps each policy's pod addresses in ipsets",
 }
 CNI_DIR = Path("/usr/lib/cni")
 
@@ -99,6 +107,43 @@ def build_coredns(log=sys.stderr) -> float:
             coredns_dir(), genv, f"building coredns {COREDNS_VERSION}", log)
     seconds = round(time.monotonic() - t, 1)
     (tmp / "stamp.json").write_text(json.dumps({"coredns": COREDNS_VERSION, "seconds": seconds}, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return seconds
+
+
+def kube_router_dir() -> Path:
+    return cache_root() / f"realnode-kube-router-{KUBE_ROUTER_VERSION}"
+
+
+def kube_router_bin() -> Path:
+    return kube_router_dir() / "bin" / "kube-router"
+
+
+def kube_router_ready() -> bool:
+    try:
+        stamp = json.loads((kube_router_dir() / "bin" / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get("kube-router") == KUBE_ROUTER_VERSION and os.access(kube_router_bin(), os.X_OK)
+
+
+def build_kube_router(log=sys.stderr) -> float:
+    """Build kube-router into kube_router_dir()/bin; returns the seconds it took."""
+    go = cp_build.find_go()
+    out = kube_router_dir() / "bin"
+    tmp = kube_router_dir() / "bin.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t = time.monotonic()
+    print(f"building kube-router {KUBE_ROUTER_VERSION}", file=log, flush=True)
+    genv = dict(cp_build._go_env(), GOBIN=str(tmp), GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
+    ver = f"-X {KUBE_ROUTER_MODULE}/pkg/version.Version={KUBE_ROUTER_VERSION}"
+    _run_go([str(go), "install", "-trimpath", f"-ldflags=-s -w {ver}",
+             f"{KUBE_ROUTER_MODULE}/cmd/kube-router@{KUBE_ROUTER_VERSION}"],
+            kube_router_dir(), genv, f"building kube-router {KUBE_ROUTER_VERSION}", log)
+    seconds = round(time.monotonic() - t, 1)
+    (tmp / "stamp.json").write_text(json.dumps({"kube-router": KUBE_ROUTER_VERSION, "seconds": seconds}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return seconds
@@ -201,9 +246,11 @@ def build(log=sys.stderr) -> dict[str, float]:
     return times
 
 
-def ensure_binaries(force: bool = False, log=sys.stderr) -> Path:
-    """The bin dir holding the real node's binaries; builds them (minutes, once) when missing."""
-    if not force and binaries_ready() and coredns_ready() and not missing_apt_packages():
+def ensure_binaries(force: bool = False, log=sys.stderr, kube_router: bool = True) -> Path:
+    """The bin dir holding the real node's binaries; builds them (minutes, once) when missing.
+    `kube_router`: also kube-router (`up --network-policy`; scripts/test.sh builds everything)."""
+    if not force and binaries_ready() and coredns_ready() and not missing_apt_packages() \
+            and (kube_router_ready() or not kube_router):
         return bin_dir()
     with _lock(version_dir().parent / f".build-{version_dir().name}.lock"):
         if force or not binaries_ready():
@@ -214,6 +261,8 @@ def ensure_binaries(force: bool = False, log=sys.stderr) -> Path:
             apt_install(missing_apt_packages(), log)
         if force or not coredns_ready():
             build_coredns(log=log)
+        if kube_router and (force or not kube_router_ready()):
+            build_kube_router(log=log)
     return bin_dir()
 
 
@@ -233,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         seconds["coredns"] = json.loads((coredns_bin().parent / "stamp.json").read_text())["seconds"]
     except (OSError, ValueError, KeyError):
         pass
+    try:
+        seconds["kube-router"] = json.loads((kube_router_bin().parent / "stamp.json").read_text())["seconds"]
+    except (OSError, ValueError, KeyError):
+        pass
     print(f"real node binaries: containerd {CONTAINERD_VERSION}, runc {RUNC_VERSION}, kubelet {K8S_VERSION}, "
-          f"coredns {COREDNS_VERSION}",
+          f"coredns {COREDNS_VERSION}, kube-router {KUBE_ROUTER_VERSION}",
           file=sys.stderr)
     if seconds:
         print("last build: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()), file=sys.stderr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,19 +24,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "sft-operator"
 
 
-def require_built() -> None:
+def require_built(network_policy: bool = False) -> None:
     """The node's binaries and both images must be built; an image from older sources only warns."""
     import warnings
 
     from sft_dev import images, realnode_build
 
     if os.environ.get("SFT_TEST_BUILD"):
-        realnode_build.ensure_binaries()
+        realnode_build.ensure_binaries(kube_router=network_policy)
         images.build()
     missing = []
     if not realnode_build.binaries_ready():
         missing.append(f"the real node's binaries ({realnode_build.bin_dir()}): "
                        "`sftctl dev-cluster build --real-node`")
+    if network_policy and not realnode_build.kube_router_ready():
+        missing.append(f"kube-router ({realnode_build.kube_router_bin()}): `sftctl dev-cluster build --real-node`")
     for name, spec in images.IMAGES.items():
         if not list(images.images_dir().glob(f"{name}-*.json")):
             missing.append(f"the {spec.ref} image: `sftctl images build`")
@@ -122,13 +126,18 @@ class Real:
 class HostState:
     """What a real-node module may change on the host, and must put back. Only the kinds of things
     the real node makes (veths and the bridge, CNI network namespaces, mounts of its directories,
-    kubelet's cgroups, processes started from here or naming its paths): others share this machine."""
+    kubelet's cgroups, processes started from here or naming its paths): others share this machine.
+    iptables and ipsets are compared whole (without counters): nothing else on the machine changes
+    them, and kube-router's firewall (`network_policy`) must leave none of its own."""
 
     links: frozenset[str]
     mounts: frozenset[str]
     netns: frozenset[str]
     kubepods_cgroups: frozenset[str]
     processes: frozenset[int]
+    iptables: tuple[str, ...] = ()
+    ipsets: tuple[str, ...] = ()
+    bridge_nf_call_iptables: str = ""
 
     @classmethod
     def now(cls, *paths: Path) -> "HostState":
@@ -147,7 +156,8 @@ class HostState:
         needles = [str(p) for p in (*paths, realnode.RUN_DIR)]
         procs = _descendants(os.getpid()) | {pid for pid, cmd in _cmdlines().items() if any(n in cmd for n in needles)}
         procs.discard(os.getpid())
-        return cls(links, mounts, netns, cgroups, frozenset(procs))
+        return cls(links, mounts, netns, cgroups, frozenset(procs), iptables_rules(), ipset_lines(),
+                   _read(realnode.BRIDGE_NF_SYSCTL))
 
     def left_behind(self, before: "HostState") -> list[str]:
         out = []
@@ -155,10 +165,39 @@ class HostState:
             extra = sorted(getattr(self, what) - getattr(before, what))
             if extra:
                 out.append(f"{what}: {extra[:8]}")
+        for what in ("iptables", "ipsets"):
+            now, was = getattr(self, what), getattr(before, what)
+            if now != was:
+                out.append(f"{what} changed: added {sorted(set(now) - set(was))[:8]}, "
+                           f"removed {sorted(set(was) - set(now))[:8]}")
+        if self.bridge_nf_call_iptables != before.bridge_nf_call_iptables:
+            out.append(f"net.bridge.bridge-nf-call-iptables {before.bridge_nf_call_iptables!r} -> "
+                       f"{self.bridge_nf_call_iptables!r}")
         procs = sorted(self.processes - before.processes)
         if procs:
             out.append("processes: " + ", ".join(f"{p} {_cmdline(p)[:100]}" for p in procs[:8]))
         return out
+
+
+def iptables_rules() -> tuple[str, ...]:
+    """`iptables-save` of every table, in order, without its comment lines and packet counters."""
+    p = subprocess.run(["iptables-save"], capture_output=True, text=True) if shutil.which("iptables-save") else None
+    if p is None or p.returncode != 0:
+        return ()
+    return tuple(re.sub(r"\[\d+:\d+\]", "[0:0]", ln) for ln in p.stdout.splitlines() if not ln.startswith("#"))
+
+
+def ipset_lines() -> tuple[str, ...]:
+    """`ipset save`: every set and its members (no counters)."""
+    p = subprocess.run(["ipset", "save"], capture_output=True, text=True) if shutil.which("ipset") else None
+    return tuple(p.stdout.splitlines()) if p is not None and p.returncode == 0 else ()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def _cmdlines() -> dict[int, str]:
@@ -210,19 +249,20 @@ def assert_host_clean(before: HostState, *paths: Path) -> None:
 
 
 @contextlib.contextmanager
-def real_cluster(tmp: Path, namespace: str, buckets: list[str]):
+def real_cluster(tmp: Path, namespace: str, buckets: list[str], network_policy: bool = False):
     """A dev cluster with only the real node, SeaweedFS reachable from pods at NODE_IP, and a
-    restricted-PSS namespace; on exit everything is stopped and the host checked."""
+    restricted-PSS namespace; on exit everything is stopped and the host checked.
+    `network_policy`: kube-router enforces NetworkPolicies on the node (`up --network-policy`)."""
     from sft_dev.cluster import ClusterError, DevCluster, Ports
     from sft_dev.realnode import RealNodeError, expose
     from sft_dev.s3 import start_s3
 
-    require_built()
+    require_built(network_policy)
     before = HostState.now(tmp)
     cluster = DevCluster(tmp / "cluster")
     t = time.monotonic()
     try:
-        info = cluster.up(nodes=0, ports=Ports.free(), real_node=True)
+        info = cluster.up(nodes=0, ports=Ports.free(), real_node=True, network_policy=network_policy)
     except (ClusterError, RealNodeError) as e:
         cluster.down()
         pytest.fail(f"the dev cluster with a real node did not start: {e}", pytrace=False)

@@ -2,7 +2,8 @@
 podSelector matches exactly the pods the Job controller creates for the job (every attempt, nothing
 else in the namespace), and the garbage collector removes it with its SFTJob.
 
-Enforcement is not shown here: the dev cluster runs no NetworkPolicy implementation."""
+Enforcement is shown on the real node, not here: tests/e2e/test_e2e_realnode_netpol.py applies the
+policy as rendered under kube-router's network-policy controller and probes the ports from pods."""
 
 from __future__ import annotations
 

@@ -111,3 +111,37 @@ def test_kubelet_points_pods_at_coredns_and_keeps_the_hosts_resolvers_out(tmp_pa
     assert cfg["clusterDNS"] == [realnode.NODE_IP] and cfg["clusterDomain"] == "cluster.local"
     assert cfg["resolvConf"] == str(tmp_path / "host-resolv.conf") != "/etc/resolv.conf"
     assert "coredns" in realnode.COMPONENTS and realnode.COMPONENTS.index("coredns") < realnode.COMPONENTS.index("kubelet")
+
+
+def test_kube_router_runs_only_its_firewall_and_listens_nowhere(tmp_path):
+    argv = realnode.kube_router_argv(tmp_path / "kube-router.kubeconfig")
+    assert argv[0] == str(realnode.realnode_build.kube_router_bin())
+    flags = dict(a[2:].split("=", 1) for a in argv[1:])
+    assert flags["run-firewall"] == "true"
+    assert flags["run-router"] == flags["run-service-proxy"] == flags["run-loadbalancer"] == "false"
+    assert flags["enable-cni"] == "false"  # the bridge plugin's conflist stays the only CNI config
+    assert flags["hostname-override"] == realnode.NODE_NAME
+    assert flags["service-cluster-ip-range"] == realnode.SERVICE_CIDR
+    assert flags["health-port"] == flags["metrics-port"] == "0"  # its health server would bind every address
+    assert flags["kubeconfig"] == str(tmp_path / "kube-router.kubeconfig")
+
+
+def test_kube_router_may_only_read():
+    role, binding = realnode.kube_router_rbac()
+    assert {v for r in role["rules"] for v in r["verbs"]} <= {"get", "list", "watch"}
+    assert ("networking.k8s.io", "networkpolicies") in {
+        (g, res) for r in role["rules"] for g in r["apiGroups"] for res in r["resources"]}
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                    "name": realnode.KUBE_ROUTER_USER}]
+
+
+def test_only_kube_routers_chains_are_its_own():
+    for name in ("KUBE-ROUTER-FORWARD", "KUBE-ROUTER-INPUT", "KUBE-NWPLCY-DEFAULT", "KUBE-NWPLCY-ABC", "KUBE-POD-FW-X"):
+        assert realnode._is_kube_router_chain(name), name
+    for name in ("FORWARD", "KUBE-FIREWALL", "KUBE-SERVICES", "KUBE-ROUTER", "DOCKER"):
+        assert not realnode._is_kube_router_chain(name), name
+
+
+def test_kubelet_makes_no_iptables_chains(tmp_path):
+    # kubelet never removes its util chains; without kube-proxy nothing needs them
+    assert realnode.kubelet_config(tmp_path, tmp_path / "ca.crt", 10999)["makeIPTablesUtilChains"] is False
