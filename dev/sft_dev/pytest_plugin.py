@@ -188,7 +188,14 @@ def sftjob_crd(kubectl, kube_api):
     if not CRD_FILE.exists():
         pytest.fail(f"{CRD_FILE} does not exist: generate it from the API models first", pytrace=False)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    # Polled rather than `kubectl wait`: kubectl 1.37 fails at once ("status.conditions accessor error")
+    # while a CRD just created has no conditions yet, which a loaded apiserver leaves for a moment.
+    deadline = time.monotonic() + 60
+    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+    while kubectl("get", f"crd/{CRD_NAME}", "-o", f"jsonpath={jsonpath}", check=False).stdout.strip() != "True":
+        if time.monotonic() > deadline:
+            pytest.fail(f"the CRD {CRD_NAME} is not Established after 60 s", pytrace=False)
+        time.sleep(0.3)
     # Discovery can lag the Established condition by a moment.
     deadline = time.monotonic() + 30
     while kubectl("get", "sftjobs", "-A", check=False).returncode != 0:

@@ -138,22 +138,28 @@ def _count(method: str, path: str) -> None:
 class KubeApi:
     """Raw-JSON calls through the official client's ApiClient (auth, TLS, kubeconfig handling)."""
 
-    def __init__(self, api_client=None):
+    def __init__(self, api_client=None, *, pool_size: int | None = None):
         if api_client is None:
             from kubernetes import client, config
 
+            cfg = client.Configuration()
             try:
-                config.load_incluster_config()
+                config.load_incluster_config(client_configuration=cfg)
             except config.ConfigException:
-                config.load_kube_config()
-            api_client = client.ApiClient()
+                config.load_kube_config(client_configuration=cfg)
+            if pool_size:
+                # One connection per concurrent caller (the reconcile workers): urllib3 would otherwise open
+                # and drop a TLS connection for every caller beyond its pool (the client's default: 5 x CPUs).
+                cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, pool_size)
+            api_client = client.ApiClient(cfg)
         self.api_client = api_client
 
-    def request(self, method: str, path: str, body: Any = None, *, query: Iterable[tuple[str, Any]] = (), content_type: str | None = None) -> dict | None:
+    def request(self, method: str, path: str, body: Any = None, *, query: Iterable[tuple[str, Any]] = (),
+                content_type: str | None = None, accept: str = "application/json") -> dict | None:
         from kubernetes.client.exceptions import ApiException
 
         _count(method, path)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         elif body is not None:

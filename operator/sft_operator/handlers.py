@@ -6,6 +6,10 @@ level-based, all funnel into `reconcile_job`):
 - every SFTJob event (create, spec change, the trainer's progress patches), and the initial listing
   at start-up, which picks up jobs created while the operator was down;
 - every event of a child Job or pod (labels `sft.dev/job-name`, `sft.dev/attempt`);
+- a node that vanished (`nodes.NodeNames`, a metadata-only list every few seconds instead of a watch of
+  every node heartbeat): the jobs with pods on it;
+A new SFTJob is queued at once; every other trigger waits `SFT_COALESCE_SECONDS` (0.25 s) for the rest
+of its burst (a gang's pods scheduled and started, their Job's status), so a burst is one pass;
 - the pass's own `requeue_after`: the work queue re-adds the key when the next clock (deadline,
   stall, TTL, a create backoff) is due;
 - a timer per SFTJob (`SFT_RESYNC_SECONDS`), a safety net only: no clock depends on it.
@@ -46,6 +50,7 @@ from .policies import kueue
 from .observe import Observation, observation, observe_job, observe_pod, parse_time
 from .reconcile import Result, child_create_failed, reconcile, validate_body
 from .settings import OperatorSettings, load_settings
+from .nodes import NodeNames
 from .workqueue import WorkQueue
 
 log = logging.getLogger("sft_operator")
@@ -129,6 +134,7 @@ class _State:
                                retry_seconds=self.settings.retry_base_seconds,
                                max_retry_seconds=self.settings.retry_max_seconds)
         self.indices: dict[str, Any] = {}
+        self.nodes = NodeNames(lambda: self.api, interval=self.settings.node_poll_seconds, on_gone=lambda gone: _nodes_gone(gone))
         self.bodies = BodyCache()
         self.expected = Expectations()
         self.metrics_server = None
@@ -136,7 +142,7 @@ class _State:
     @property
     def api(self) -> KubeApi:
         if self._api is None:
-            self._api = KubeApi()
+            self._api = KubeApi(pool_size=self.settings.workers + 4)
         return self._api
 
 
@@ -180,12 +186,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     validate_body({"spec": {}})  # warm the schema validators now, not on the first SFTJob
     if STATE.metrics_server is None and STATE.settings.metrics_port > 0:
         STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
+    STATE.nodes.interval = STATE.settings.node_poll_seconds
+    STATE.nodes.start()
     STATE.queue.start()
     log.info("sft-operator configured", extra={"settings": STATE.settings.describe()})
 
 
 @kopf.on.cleanup()
 def stop_workers(**_: Any) -> None:
+    STATE.nodes.stop()
     STATE.queue.stop()
 
 
@@ -205,11 +214,6 @@ def sft_child_jobs(body: Mapping, namespace: str, labels: Mapping, **_: Any) -> 
 @kopf.index("", "v1", "pods", labels=CHILD_LABELS)
 def sft_child_pods(body: Mapping, namespace: str, labels: Mapping, **_: Any) -> dict:
     return {(namespace, labels[LABEL_JOB]): observe_pod(body)}
-
-
-@kopf.index("", "v1", "nodes")
-def sft_nodes(name: str, **_: Any) -> dict:
-    return {name: True}
 
 
 # The per-job ServiceAccount, Role and RoleBinding (the same objects in every attempt): what they hold
@@ -241,12 +245,13 @@ def _live_children(key: tuple[str, str], indices: Mapping[str, Any]) -> dict | N
     return {(kind, name): content for idx in idxs for kind, name, content in idx.get(key, ())}
 
 
-def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes_idx) -> Observation:
+def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes: NodeNames | None) -> Observation:
+    """`nodes`: which nodes exist (None: unknown, so no pod counts as on a lost node)."""
     jobs = tuple(jobs_idx.get(key, ())) if jobs_idx is not None else ()
     pods = tuple(pods_idx.get(key, ())) if pods_idx is not None else ()
     missing: frozenset[str] = frozenset()
-    if nodes_idx is not None:
-        missing = frozenset(p.node for p in pods if p.node and p.node not in nodes_idx)
+    if nodes is not None:
+        missing = nodes.missing(p.node for p in pods)
     return observation(jobs, pods, missing)
 
 
@@ -319,7 +324,7 @@ def _skip_applies(result: Result) -> None:
     result.apply = []
 
 
-def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes_idx=None,
+def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, nodes: NodeNames | None = None,
                   live: Mapping | None = None) -> Result | None:
     """One pass for one SFTJob: read (cached, or fresh after a conflict), pure reconcile, write. Callers
     must not run two passes of the same SFTJob at once (the work queue guarantees it)."""
@@ -331,7 +336,7 @@ def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, no
         if body is None:
             _gone(key)
             return None
-        obs = _with_pod_create_errors(api, body, _observation(key, jobs_idx, pods_idx, nodes_idx))
+        obs = _with_pod_create_errors(api, body, _observation(key, jobs_idx, pods_idx, nodes))
         obs = _with_queue_message(api, body, obs)
         now = datetime.now(timezone.utc)
         result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
@@ -408,7 +413,7 @@ def _process(key: tuple[str, str]) -> float | None:
             name,
             jobs_idx=STATE.indices.get("sft_child_jobs"),
             pods_idx=STATE.indices.get("sft_child_pods"),
-            nodes_idx=STATE.indices.get("sft_nodes"),
+            nodes=STATE.nodes,
             live=_live_children(key, STATE.indices),
         )
     except ApiError as exc:
@@ -423,12 +428,26 @@ def _process(key: tuple[str, str]) -> float | None:
     return result.requeue_after if result is not None else None
 
 
-def _trigger(namespace: str | None, name: str | None, kwargs: Mapping) -> None:
+def _trigger(namespace: str | None, name: str | None, kwargs: Mapping, *, now: bool = False) -> None:
+    """Queue the SFTJob: at once (`now`: a job not seen before), else after the coalescing delay."""
     if not namespace or not name:
         return
     if not STATE.indices:
-        STATE.indices = {k: kwargs.get(k) for k in ("sft_child_jobs", "sft_child_pods", "sft_nodes", *RBAC_INDICES)}
-    STATE.queue.add((namespace, name))
+        STATE.indices = {k: kwargs.get(k) for k in ("sft_child_jobs", "sft_child_pods", *RBAC_INDICES)}
+    if now or STATE.settings.coalesce_seconds <= 0:
+        STATE.queue.add((namespace, name))
+    else:
+        STATE.queue.add_soon((namespace, name), STATE.settings.coalesce_seconds)
+
+
+def _nodes_gone(gone: frozenset[str]) -> None:
+    """Queue every SFTJob with a pod on a node that vanished."""
+    pods_idx = STATE.indices.get("sft_child_pods")
+    if pods_idx is None:
+        return
+    for key, pods in list(pods_idx.items()):
+        if any(p.node in gone for p in pods):
+            STATE.queue.add(key)
 
 
 # -- triggers: they only queue the SFTJob ---------------------------------------------------------------
@@ -439,8 +458,10 @@ async def sftjob_event(type: str | None, name: str, namespace: str, **kwargs: An
     if type == "DELETED":
         _gone((namespace, name))
         return
-    STATE.bodies.offer((namespace, name), (kwargs.get("event") or {}).get("object"))
-    _trigger(namespace, name, kwargs)
+    key = (namespace, name)
+    seen = STATE.bodies.get(key) is not None
+    STATE.bodies.offer(key, (kwargs.get("event") or {}).get("object"))
+    _trigger(namespace, name, kwargs, now=not seen)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=load_settings().resync_seconds, sharp=False)

@@ -31,8 +31,8 @@ OPERATOR_RULES: list[dict] = [
      "verbs": ["list", "watch", "create", "patch", "delete"]},
     # The per-job NetworkPolicy (server-side apply; deleted with the other per-job children on TTL).
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "patch", "delete"]},
-    # Node loss detection (kopf index of node names).
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+    # Node loss detection: a metadata-only list of node names every few seconds (nodes.py), no watch.
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     # An Event for every transition (core/v1, as kopf and kubectl describe use); list: the Job
     # controller's FailedCreate events of a Job whose pods the apiserver refuses (quota, PodSecurity).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},

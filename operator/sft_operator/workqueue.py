@@ -1,6 +1,7 @@
 """A keyed work queue with a fixed pool of worker threads, in the manner of client-go's workqueue:
 
-- a key waiting in the queue is there once, however many triggers arrive (bursts coalesce);
+- a key waiting in the queue is there once, however many triggers arrive (bursts coalesce); `add_soon`
+  lets a trigger wait a moment for the rest of its burst;
 - a key is never processed by two workers at once; a trigger during processing runs it again after;
 - a pass may ask to run again later: `process(key)` returns seconds (the reconcile's
   `requeue_after`) and the key is re-added then; an earlier request for the same key wins;
@@ -80,6 +81,14 @@ class WorkQueue:
             self._queued.add(key)
             self._queue.append(key)
             self._cv.notify()
+
+    def add_soon(self, key: Hashable, seconds: float) -> None:
+        """A trigger that may wait `seconds` for the next ones of the same key (one pass for a burst):
+        nothing when the key is queued (that pass reads the newest state) or due sooner already."""
+        with self._lock:
+            if key in self._queued:
+                return
+        self.add_after(key, seconds)
 
     def add_after(self, key: Hashable, seconds: float) -> None:
         """Add `key` in `seconds`; a delayed add already due sooner for the key makes this one moot."""

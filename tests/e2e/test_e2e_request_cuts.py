@@ -36,6 +36,14 @@ def req(after, before, verb: str, resource: str) -> float:
 def test_restart_reapplies_only_what_changed(operator, sft, kwok_pods):
     name, sa = "cuts", "cuts-trainer"
     rbac = client.RbacAuthorizationV1Api(sft.api_client)
+    # The counters are the operator's, not the job's: wait until the SFTJobs of earlier test modules
+    # (their namespaces still being deleted) are gone, or their passes count here too.
+    custom = client.CustomObjectsApi(sft.api_client)
+    deadline = time.monotonic() + 120
+    while (left := custom.list_cluster_custom_object("sft.dev", "v1alpha1", "sftjobs")["items"]):
+        assert time.monotonic() < deadline, [f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in left]
+        time.sleep(0.5)
+    time.sleep(1.0)  # their last passes' requests are counted by now
     before = counters(operator)
     sft.apply(sftjob_manifest(name, nodes=1, gpus=1))
     [pod] = sft.running_pods(name, 1, 1)

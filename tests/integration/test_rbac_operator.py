@@ -114,7 +114,7 @@ def test_operator_cannot_read_secrets_or_touch_unrelated_resources(kube_api, nam
 
 @pytest.mark.parametrize(
     "group, resource, verb",
-    [("sft.dev", "sftjobs", "watch"), ("", "pods", "watch"), ("batch", "jobs", "watch"), ("", "nodes", "watch"),
+    [("sft.dev", "sftjobs", "watch"), ("", "pods", "watch"), ("batch", "jobs", "watch"), ("", "nodes", "list"),
      ("kopf.dev", "clusterkopfpeerings", "patch"), ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
      ("", "namespaces", "watch"), ("", "events", "create")],
 )
@@ -124,3 +124,53 @@ def test_kopf_needs_are_granted(kube_api, operator_identity, group, resource, ve
         "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
                  "resourceAttributes": {"group": group, "resource": resource, "verb": verb}}})
     assert review.status.allowed, f"{verb} {group}/{resource}"
+
+
+@pytest.mark.parametrize("group, resource, verb", [("", "nodes", "watch"), ("", "nodes", "get"), ("", "nodes", "patch")])
+def test_nodes_are_listed_not_watched(kube_api, operator_identity, group, resource, verb):
+    """Node loss needs node names only: a metadata list every few seconds, so no watch of heartbeats."""
+    _, user = operator_identity
+    review = client.AuthorizationV1Api(kube_api).create_subject_access_review({
+        "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
+                 "resourceAttributes": {"group": group, "resource": resource, "verb": verb}}})
+    assert not review.status.allowed, f"{verb} {group}/{resource} is granted"
+
+
+def test_node_names_poll_lists_metadata_only_and_reports_a_vanished_node(kube_api, operator_identity):
+    """nodes.NodeNames with the operator's own rights: the names of the nodes (PartialObjectMetadata, no
+    status), and a node deleted between two polls is reported once, to the callback."""
+    from sft_operator.nodes import METADATA_LIST, NodeNames
+
+    api, _ = operator_identity
+    core = client.CoreV1Api(kube_api)
+    name = f"vanishing-{secrets.token_hex(3)}"
+    core.create_node({"metadata": {"name": name, "labels": {"sft.dev/test": "nodes"}}})
+    gone_calls: list[frozenset[str]] = []
+    nodes = NodeNames(lambda: KubeApi(api), interval=0.2, on_gone=gone_calls.append)
+    try:
+        assert nodes.names() is None  # nothing known before the first poll: no pod counts as lost
+        assert nodes.poll() == frozenset()
+        assert name in nodes.names()
+        raw = KubeApi(api).request("GET", "/api/v1/nodes", query=[("resourceVersion", "0")], accept=METADATA_LIST)
+        assert raw["kind"] == "PartialObjectMetadataList"
+        assert all("status" not in item and "spec" not in item for item in raw["items"]), raw["items"][:1]
+        core.delete_node(name)
+        deadline = time.monotonic() + 10
+        while name in (nodes.names() or ()) and time.monotonic() < deadline:
+            nodes.poll()
+            time.sleep(0.1)
+        assert name not in nodes.names()
+        assert gone_calls == [frozenset({name})]
+        assert nodes.poll() == frozenset() and len(gone_calls) == 1
+        # A pass asks about its pods' nodes: a node created after the last list is not lost (a fresh
+        # list finds it); one deleted since is.
+        late = f"late-{secrets.token_hex(3)}"
+        core.create_node({"metadata": {"name": late, "labels": {"sft.dev/test": "nodes"}}})
+        nodes.min_refresh = 0.0
+        assert late not in nodes.names() and nodes.missing([late, None]) == frozenset()
+        assert late in nodes.names()
+        assert nodes.missing([late, name]) == frozenset({name})
+        core.delete_node(late)
+    finally:
+        for node in core.list_node(label_selector="sft.dev/test=nodes").items:
+            core.delete_node(node.metadata.name)

@@ -164,3 +164,36 @@ def test_requeue_after_runs_the_key_again_and_the_earliest_request_wins():
         assert len(times) == 2
     finally:
         q.stop()
+
+
+def test_add_soon_makes_one_pass_of_a_burst_and_skips_a_key_already_queued():
+    times: list[float] = []
+    gate = threading.Event()
+
+    def process(key):
+        if key == "block":
+            gate.wait(5)
+            return None
+        times.append(time.monotonic())
+        return None
+
+    q = WorkQueue(process, workers=1)
+    q.start()
+    try:
+        t0 = time.monotonic()
+        for _ in range(20):  # a gang's pod and Job events within a few ms
+            q.add_soon("k", 0.3)
+        wait_for(lambda: len(times) == 1)
+        assert times[0] - t0 >= 0.29  # it waited for the rest of the burst
+        time.sleep(0.5)
+        assert len(times) == 1  # ... and the burst was one pass
+        # A key already waiting in the queue takes no delayed add: that pass reads the newest state.
+        q.add("block")
+        q.add("k")  # queued behind "block"
+        q.add_soon("k", 0.1)
+        gate.set()
+        wait_for(lambda: len(times) == 2)
+        time.sleep(0.4)
+        assert len(times) == 2
+    finally:
+        q.stop()
