@@ -328,7 +328,9 @@ def main() -> int:
                     help="plain Indexed Jobs of the same shape for job_controller_baseline (default --jobs; 0: none)")
     ap.add_argument("--apply-rate", type=float, default=0, help="SFTJobs per second (0: as fast as possible)")
     ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (SFT_WORKERS)")
+    ap.add_argument("--workers", type=int, default=None, help="operator reconcile workers (SFT_WORKERS; default: the operator's)")
+    ap.add_argument("--resync", type=float, default=None,
+                    help="the operator's resync timer (SFT_RESYNC_SECONDS; default: the operator's)")
     ap.add_argument("--kubeconfig", help="use this running dev cluster (it must have --nodes nodes)")
     ap.add_argument("--operator-src", help="run the operator from this checkout (its operator/ and api/ first on "
                     "PYTHONPATH), e.g. an earlier commit from git archive, for a before/after in one session")
@@ -378,8 +380,13 @@ def main() -> int:
             print(f"{need} GPUs requested but the cluster has {capacity}", file=sys.stderr)
             return 2
 
-        env = dict(os.environ, KUBECONFIG=str(kubeconfig), SFT_RESYNC_SECONDS="30", PYTHONUNBUFFERED="1", SFT_WORKERS=str(args.workers),
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
                    SFT_OPERATOR_METRICS_PORT=str(free_port()), SFT_OPERATOR_HEALTH_PORT=str(free_port()))
+        # The operator's own defaults unless given: a before/after compares the operators as shipped.
+        if args.workers is not None:
+            env["SFT_WORKERS"] = str(args.workers)
+        if args.resync is not None:
+            env["SFT_RESYNC_SECONDS"] = str(args.resync)
         log = open(Path(tempfile.gettempdir()) / f"sft-bench-operator-{ns}.log", "w")
         if args.operator_src:
             src = Path(args.operator_src).resolve()
@@ -476,7 +483,9 @@ def main() -> int:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                         "load_avg_1m_start": load_start, "load_avg_1m_end": round(os.getloadavg()[0], 2)},
             "params": {"jobs": args.jobs, "nodes": args.nodes, "job_nodes": args.job_nodes, "job_gpus": args.job_gpus,
-                       "fail": args.fail, "resync_seconds": 30, "pods": args.jobs * args.job_nodes, "workers": args.workers,
+                       "fail": args.fail, "pods": args.jobs * args.job_nodes,
+                       # None: the operator's default (its settings.py at --operator-src)
+                       "resync_seconds": args.resync, "workers": args.workers,
                        "baseline_jobs": args.baseline_jobs},
             "baseline_single_job": baseline,
             "apply_seconds_total": round(apply_seconds, 2),
