@@ -601,6 +601,13 @@ class ExportedCheckpointStatus(_Model):
 
 class EvaluationStatus(_Model):
     golden_set_pass_rate: Optional[float] = Field(None, ge=0, le=1)
+    exact_match: Optional[float] = Field(
+        None, ge=0, le=1, description="Held-out exact match at the end: the mean over task_types of the share of "
+        "test-split examples (up to 50 per task) whose generated answer equals the reference and ends with "
+        "end-of-turn; unset without a test split.")
+    exact_match_by_task: dict[str, float] = Field(
+        default_factory=dict, description="The held-out exact match of each task_type (what "
+        "spec.eval.minExactMatchByTask gates on).")
     test_loss: Optional[float] = None
     eval_loss_by_task: dict[str, float] = Field(default_factory=dict)
     sanity_check: Optional[SanityCheckStatus] = None

@@ -94,7 +94,8 @@ def run(
         None, "--metrics-port", min=0, max=65535, help="Port of the Prometheus /metrics endpoint (default: a free one)."
     ),
     measure: bool = typer.Option(
-        True, "--measure/--no-measure", help="Measure held-out exact match and the golden set before and after."
+        True, "--measure/--no-measure",
+        help="Measure held-out exact match and the golden set on the base model too (after training: always).",
     ),
 ) -> None:
     """Train an SFTJob on this machine (the CPU quickstart, or a GPU box), with the same trainer as the pods."""

@@ -204,9 +204,10 @@ def measure_untrained(cfg: Any, model: Any, inputs: Any, result: Any) -> None:
                                             max_new_tokens=cfg.golden_set.max_new_tokens).to_dict()
 
 
-def final_evaluation(cfg: Any, trainer: Any, method: Any, inputs: Any, result: Any, *, rank: int, measure: bool,
-                     phase: Any) -> None:
-    """Test loss on every rank; generation on rank 0 (on every rank under ZeRO-3, where it is collective)."""
+def final_evaluation(cfg: Any, trainer: Any, method: Any, inputs: Any, result: Any, *, rank: int, phase: Any) -> None:
+    """Test loss on every rank; generation on rank 0 (on every rank under ZeRO-3, where it is collective):
+    the held-out exact match of every run with a test split (``status.evaluation.exactMatch``, and what
+    spec.eval.minExactMatchByTask gates on), and the golden set."""
     if inputs.splits.test:
         phase("evaluating the test split")
         test = trainer.evaluate(eval_dataset=method.test_dataset(cfg, inputs.splits.test), metric_key_prefix="test")
@@ -214,9 +215,9 @@ def final_evaluation(cfg: Any, trainer: Any, method: Any, inputs: Any, result: A
     if rank != 0 and not cfg.zero3:
         return
     phase("generating answers for the held-out and golden sets")
-    if measure:
-        result.exact_match_after = exact_match(trainer.model, inputs.tokenizer, inputs.splits.test,
-                                               synced_gpus=cfg.zero3)
+    # Measured on an empty test split too ({}): a minExactMatchByTask floor then names the missing task.
+    result.exact_match_after = exact_match(trainer.model, inputs.tokenizer, inputs.splits.test,
+                                           synced_gpus=cfg.zero3)
     if inputs.golden is not None:
         result.golden_after = (_scored_at_the_last_step(cfg, trainer, result) or
                                score_golden(trainer.model, inputs.tokenizer, inputs.golden,

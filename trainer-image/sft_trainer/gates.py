@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .evaluation import GoldenItem, exact_match, load_golden, measure_untrained, score_golden
+from .evaluation import GoldenItem, load_golden, measure_untrained, score_golden
 from .exit_codes import GOLDEN_REGRESSION, ConfigError
 
 log = logging.getLogger("sft_trainer")
@@ -92,10 +92,6 @@ def score_final(cfg: Any, trainer: Any, inputs: Any, sets: list[ScoredSet], resu
     golden set's come from ``final_evaluation``."""
     if rank != 0 and not cfg.zero3:
         return
-    if cfg.min_exact_match_by_task and result.exact_match_after is None:  # sftctl run measured it already
-        phase("held-out exact match for spec.eval.minExactMatchByTask")
-        result.exact_match_after = exact_match(trainer.model, inputs.tokenizer, inputs.splits.test,
-                                               synced_gpus=cfg.zero3)
     extra = [s for s in sets if s.name != GOLDEN]
     if extra:
         phase("scoring the regression sets: " + ", ".join(s.name for s in extra))

@@ -30,6 +30,10 @@ def evaluation_status(result: Any) -> dict[str, Any]:
                                                if exported.get("checkpoint_uri") else {})}
     if result.scored_sets:
         evaluation["sets"] = {name: _set_status(row) for name, row in result.scored_sets.items()}
+    if result.exact_match_after:
+        by_task = {t: r for t, r in result.exact_match_after.items() if t != "overall"}
+        evaluation["exactMatch"] = result.exact_match_after["overall"]
+        evaluation["exactMatchByTask"] = by_task
     if result.test_loss is not None:
         evaluation["testLoss"] = result.test_loss
     if result.eval_loss_by_task:

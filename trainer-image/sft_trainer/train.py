@@ -356,7 +356,7 @@ def train(
             return result  # SIGTERM: the checkpoint is committed; the rest belongs to the next attempt
         select_export(cfg, trainer, store, result, rank=rank, phase=phase)  # output.checkpoint: evaluated, gated
         # Test loss, held-out exact match and the golden set on the trained model.
-        final_evaluation(cfg, trainer, method, inputs, result, rank=rank, measure=measure_before, phase=phase)
+        final_evaluation(cfg, trainer, method, inputs, result, rank=rank, phase=phase)
         score_final(cfg, trainer, inputs, scored, result, rank=rank, phase=phase)  # regression sets, deltas
         # Export the model, draw the loss curve, report the evaluation to status.
         if cfg.output_uri:

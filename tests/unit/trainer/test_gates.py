@@ -110,6 +110,25 @@ def test_the_evaluation_status_fits_the_status_schema():
     assert EvaluationStatus.model_validate({"sanityCheck": sanity}).sanity_check.passed is False
 
 
+@pytest.mark.parametrize("after, want", [
+    pytest.param({"kv_json": 0.5, "upper": 0.25, "overall": 0.375},
+                 {"exactMatch": 0.375, "exactMatchByTask": {"kv_json": 0.5, "upper": 0.25}},
+                 id="the held-out exact match goes to status overall and by task"),
+    pytest.param({"kv_json": 0.0, "overall": 0.0}, {"exactMatch": 0.0, "exactMatchByTask": {"kv_json": 0.0}},
+                 id="a zero is reported, not dropped"),
+    pytest.param({}, {}, id="an empty test split reports nothing"),
+    pytest.param(None, {}, id="a rank that measured nothing (rank > 0 of a gang) reports nothing"),
+])
+def test_the_held_out_exact_match_reaches_the_evaluation_status(after, want):
+    from sft_api.models import EvaluationStatus
+    from sft_trainer.reporting import evaluation_status
+
+    status = evaluation_status(TrainResult(exact_match_after=after))
+    assert {k: v for k, v in status.items() if k.startswith("exactMatch")} == want
+    parsed = EvaluationStatus.model_validate(status)  # the CRD keeps both fields
+    assert parsed.exact_match == want.get("exactMatch") and parsed.exact_match_by_task == want.get("exactMatchByTask", {})
+
+
 @pytest.mark.parametrize("floors, after, code, words", [
     pytest.param({"upper": 0.5}, {"upper": 0.6, "overall": 0.6}, 0, [], id="exact match above its floor passes"),
     pytest.param({"upper": 0.5}, {"upper": 0.4, "overall": 0.4}, 65,
