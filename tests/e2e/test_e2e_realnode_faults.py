@@ -3,7 +3,8 @@
   checkpoint and exits 75, the operator counts a preemption (not a restart), and the next attempt's
   gang resumes from that checkpoint's step;
 - a memory limit below the trainer's need is enforced by the kernel (cgroup v1 here): the container is
-  OOMKilled (137) and the restart reason is OOMKilled in status and events;
+  OOMKilled (137) and the restart reason is OOMKilled in status, events and the operator's
+  `sftoperator_restarts_total`;
 - a real Prometheus on the host scrapes a trainer pod's /metrics at its pod IP on the bridge and sees
   `sftjob_step` rise.
 
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.realnode, pytest.mark.cluster, pytest.mark.slow, pytes
 NS = "sft-faults"
 BUCKET = "faults"
 TRAINER_METRICS_PORT = 9400  # the chart's trainer.metricsPort
+OPERATOR_METRICS_PORT = 8080  # the chart's operator.metricsPort
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +104,17 @@ def _scrape_step(pod_ip: str) -> float | None:
         return None
     m = re.search(r"^sftjob_step(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else None
+
+
+def _operator_samples(real, pod: dict, metric: str) -> list[tuple[dict, float]]:
+    """The samples of `metric` on the operator pod's own /metrics (its pod IP on the bridge, the chart's
+    metrics port), with their labels."""
+    ip = pod["status"]["podIP"]
+    text = urllib.request.urlopen(f"http://{ip}:{OPERATOR_METRICS_PORT}/metrics", timeout=5).read().decode()
+    out = []
+    for m in re.finditer(rf"^{metric}\{{([^}}]*)\}} ([0-9.e+]+)$", text, re.M):
+        out.append((dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))), float(m.group(2))))
+    return out
 
 
 def _delete_job(real, name: str) -> None:
@@ -233,4 +246,10 @@ def test_memory_limit_below_need_is_oomkilled(real):
     assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "200Mi"
     events = real.get("events", "-n", NS, "--field-selector", f"involvedObject.name={name}")["items"]
     assert any(e["reason"] == "OOMKilled" for e in events), [(e["reason"], e["message"]) for e in events]
+    # The operator's metric counts the one restart under the same reason (read before the delete,
+    # which drops the job's series).
+    (op,) = real.get("pods", "-n", NS, "-l", "app.kubernetes.io/name=sft-operator")["items"]
+    restarts = {s["reason"]: v for s, v in _operator_samples(real, op, "sftoperator_restarts_total")
+                if s.get("namespace") == NS and s.get("sftjob") == name}
+    assert restarts == {"OOMKilled": 1.0}, (restarts, op["metadata"]["name"], op["status"].get("containerStatuses"))
     _delete_job(real, name)
