@@ -449,11 +449,13 @@ def _judge_attempt(p: _Pass) -> None:
     pods = p.obs.pods_of(attempt)
     if job.complete or (job.succeeded >= p.nodes and not job.failed_reason):
         return _succeeded(p, job)
-    failure = restart_policy.classify(job, pods, p.obs.missing_nodes)
-    if failure is not None:
-        return _restart_or_fail(p, failure, job)
+    # Kueue's eviction first: suspending the Job makes the Job controller delete its pods, so a pass that
+    # sees the suspension late also sees their SIGTERM exits (143), which are its consequence.
     if kueue.evicted(job, p.phase):
         failure = restart_policy.Failure(Reason.PREEMPTED, f"attempt {attempt} was evicted by Kueue (its Job suspended)")
+        return _restart_or_fail(p, failure, job)
+    failure = restart_policy.classify(job, pods, p.obs.missing_nodes)
+    if failure is not None:
         return _restart_or_fail(p, failure, job)
     if kueue.is_queued(job):
         msg = f"waiting for admission by Kueue (queue {kueue.queue_name(p.meta) or '?'})"

@@ -35,6 +35,16 @@ def test_kueue_eviction_of_a_running_gang_counts_as_a_preemption():
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
 
 
+def test_pods_killed_by_the_eviction_do_not_make_it_a_restart():
+    """The Job controller deletes a suspended Job's pods; a pass that sees the suspension only after
+    their SIGTERM exits (143) still counts a preemption."""
+    body = sftjob(labels=QUEUED, status=_running())
+    pods = [pod(index=0, phase="Failed", exit_code=143), pod(index=1, node="gpu-1", phase="Failed", exit_code=143)]
+    r = reconcile(body, obs([kjob(suspended=True)], pods), at(5), S)
+    assert r.status["preemptions"] == 1 and r.status["restarts"] == 0, r.status
+    assert r.status["lastFailure"]["reason"] == "Preempted", r.status["lastFailure"]
+
+
 def test_a_job_still_waiting_for_admission_is_only_queued():
     body = sftjob(labels=QUEUED, status={"phase": "Pending", "attempt": 1, "restarts": 0, "preemptions": 0,
                                          "observedGeneration": 1, "conditions": []})
