@@ -364,18 +364,12 @@ def main() -> int:
         kubeconfig = Path(info.kubeconfig)
     op = None
     try:
-        from sft_dev.tools import kubectl
+        from sft_dev.tools import kubectl, wait_crd_established
 
         kc = [str(kubectl()), "--kubeconfig", str(kubeconfig)]
         subprocess.run([*kc, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "sftjob.yaml")], check=True, capture_output=True)
-        # Polled: `kubectl wait` fails at once on a CRD that has no conditions yet (a loaded apiserver).
-        deadline = time.monotonic() + 60
-        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
-        while subprocess.run([*kc, "get", "crd/sftjobs.sft.dev", "-o", f"jsonpath={jsonpath}"],
-                             capture_output=True, text=True).stdout.strip() != "True":
-            if time.monotonic() > deadline:
-                raise RuntimeError("the SFTJob CRD is not Established after 60 s")
-            time.sleep(0.3)
+        if not wait_crd_established(kubeconfig, "sftjobs.sft.dev"):
+            raise RuntimeError("the SFTJob CRD is not Established after 60 s")
         api = config.new_client_from_config(str(kubeconfig))
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         ns = f"bench-{int(time.time())}"

@@ -45,6 +45,15 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     exit 1
   fi
 fi
+# wait_job PID NAME WHAT: the background job's exit; on failure the tail of its log, and exit 1.
+wait_job() {
+  if ! wait "$1"; then
+    echo "error: $3 failed:" >&2
+    tail -n 40 "$log/$2.err" >&2
+    exit 1
+  fi
+  cat "$log/$2.out"
+}
 wait_control_plane() {
   while [ ! -e "$log/cp.done" ]; do
     if ! kill -0 "$build_pid" 2>/dev/null; then
@@ -58,28 +67,13 @@ wait_control_plane() {
   echo "control-plane binaries ready ($(( $(date +%s) - start ))s)"
 }
 wait_real_node() {
-  if ! wait "$build_pid"; then
-    echo "error: building the real node's binaries failed:" >&2
-    tail -n 40 "$log/build.err" >&2
-    exit 1
-  fi
-  cat "$log/build.out"
+  wait_job "$build_pid" build "building the real node's binaries"
   echo "real-node binaries ready ($(( $(date +%s) - start ))s)"
-  if ! wait "$images_pid"; then
-    echo "error: building the operator and trainer images failed:" >&2
-    tail -n 40 "$log/images.err" >&2
-    exit 1
-  fi
-  cat "$log/images.out"
+  wait_job "$images_pid" images "building the operator and trainer images"
   echo "images ready ($(( $(date +%s) - start ))s)"
 }
 
-if ! wait "$checkov_pid"; then
-  echo "error: building the checkov tool venv failed (needed by tests/unit/security):" >&2
-  tail -n 40 "$log/checkov.err" >&2
-  exit 1
-fi
-cat "$log/checkov.out"
+wait_job "$checkov_pid" checkov "building the checkov tool venv (needed by tests/unit/security)"
 "$venv/bin/python" -m sft_api.crdgen --check
 export PATH="$venv/bin:$PATH"
 

@@ -183,19 +183,15 @@ def namespace(kube_api, request):
 
 
 @pytest.fixture(scope="session")
-def sftjob_crd(kubectl, kube_api):
+def sftjob_crd(kubectl, kube_api, dev_cluster):
     """Installs crds/sftjob.yaml on the dev cluster and waits until it is Established."""
+    from sft_dev.tools import wait_crd_established
+
     if not CRD_FILE.exists():
         pytest.fail(f"{CRD_FILE} does not exist: generate it from the API models first", pytrace=False)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    # Polled rather than `kubectl wait`: kubectl 1.37 fails at once ("status.conditions accessor error")
-    # while a CRD just created has no conditions yet, which a loaded apiserver leaves for a moment.
-    deadline = time.monotonic() + 60
-    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
-    while kubectl("get", f"crd/{CRD_NAME}", "-o", f"jsonpath={jsonpath}", check=False).stdout.strip() != "True":
-        if time.monotonic() > deadline:
-            pytest.fail(f"the CRD {CRD_NAME} is not Established after 60 s", pytrace=False)
-        time.sleep(0.3)
+    if not wait_crd_established(dev_cluster.kubeconfig, CRD_NAME):
+        pytest.fail(f"the CRD {CRD_NAME} is not Established after 60 s", pytrace=False)
     # Discovery can lag the Established condition by a moment.
     deadline = time.monotonic() + 30
     while kubectl("get", "sftjobs", "-A", check=False).returncode != 0:

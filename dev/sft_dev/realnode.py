@@ -615,6 +615,13 @@ class RealNode:
                            lambda: _socket.create_connection((KUBERNETES_SERVICE_IP, 443), timeout=1).close() is None,
                            20)
 
+    def _component_kubeconfig(self, cfg: dict, name: str, user: str, token: str) -> Path:
+        """<pki>/<name>.kubeconfig (mode 0600): `user` with `token` at the apiserver on 127.0.0.1."""
+        kubeconfig = self.cluster.pki / f"{name}.kubeconfig"
+        kubeconfig.write_text(self.cluster._kubeconfig_text(f"https://127.0.0.1:{cfg['ports']['apiserver']}", user, token))
+        os.chmod(kubeconfig, 0o600)
+        return kubeconfig
+
     def _start_coredns(self, cfg: dict, log) -> None:
         c = self.cluster
         ready = cfg.setdefault("real_node", {}).setdefault("coredns_ready_port", _free_port())
@@ -628,10 +635,7 @@ class RealNode:
         info = c.info()
         for obj in coredns_rbac():
             _apply(info, obj)
-        kubeconfig = c.pki / "coredns.kubeconfig"
-        kubeconfig.write_text(c._kubeconfig_text(f"https://127.0.0.1:{cfg['ports']['apiserver']}", COREDNS_USER,
-                                                 cfg["component_tokens"]["coredns"]))
-        os.chmod(kubeconfig, 0o600)
+        kubeconfig = self._component_kubeconfig(cfg, "coredns", COREDNS_USER, cfg["component_tokens"]["coredns"])
         conf = self.state / "Corefile"
         conf.write_text(corefile(kubeconfig, ready))
         proc = c._spawn("coredns", [str(realnode_build.coredns_bin()), "-conf", str(conf)])
@@ -646,10 +650,8 @@ class RealNode:
         info = c.info()
         for obj in kube_router_rbac():
             _apply(info, obj)
-        kubeconfig = c.pki / "kube-router.kubeconfig"
-        kubeconfig.write_text(c._kubeconfig_text(f"https://127.0.0.1:{cfg['ports']['apiserver']}", KUBE_ROUTER_USER,
-                                                 cfg["component_tokens"]["kube-router"]))
-        os.chmod(kubeconfig, 0o600)
+        kubeconfig = self._component_kubeconfig(cfg, "kube-router", KUBE_ROUTER_USER,
+                                                cfg["component_tokens"]["kube-router"])
         t = time.monotonic()
         proc = c._spawn(KUBE_ROUTER, kube_router_argv(kubeconfig))
         c._wait(KUBE_ROUTER, proc, lambda: KUBE_ROUTER_SYNCED in chain_rules("KUBE-ROUTER-FORWARD"), 90)
@@ -694,11 +696,8 @@ class RealNode:
 
     def _start_kubelet(self, cfg: dict, log, timeout: float) -> None:
         c = self.cluster
-        token = cfg["component_tokens"]["kubelet"]
-        kubeconfig = c.pki / "kubelet.kubeconfig"
-        kubeconfig.write_text(c._kubeconfig_text(f"https://127.0.0.1:{cfg['ports']['apiserver']}",
-                                                 f"system:node:{NODE_NAME}", token))
-        os.chmod(kubeconfig, 0o600)
+        kubeconfig = self._component_kubeconfig(cfg, "kubelet", f"system:node:{NODE_NAME}",
+                                                cfg["component_tokens"]["kubelet"])
         healthz = cfg.setdefault("real_node", {}).setdefault("healthz_port", _free_port())
         c.config_file.write_text(json.dumps(cfg, indent=1))
         (self.state / "host-resolv.conf").write_text("")

@@ -77,8 +77,42 @@ def bin_dir() -> Path:
     return version_dir() / "bin"
 
 
+def _tool_dir(name: str, version: str) -> Path:
+    return cache_root() / f"realnode-{name}-{version}"
+
+
+def _tool_ready(name: str, version: str) -> bool:
+    """A `go install`ed tool of its own version-keyed directory: its stamp names `version`."""
+    bin_ = _tool_dir(name, version) / "bin"
+    try:
+        stamp = json.loads((bin_ / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get(name) == version and os.access(bin_ / name, os.X_OK)
+
+
+def _install_tool(name: str, version: str, package: str, log, ldflags: str = "-s -w") -> float:
+    """`go install package@version` (CGO off) into _tool_dir()/bin through bin.tmp, with the shared Go
+    caches; returns the seconds it took."""
+    go = cp_build.find_go()
+    home = _tool_dir(name, version)
+    out, tmp = home / "bin", home / "bin.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t = time.monotonic()
+    print(f"building {name} {version}", file=log, flush=True)
+    genv = dict(cp_build._go_env(), GOBIN=str(tmp), GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
+    _run_go([str(go), "install", "-trimpath", f"-ldflags={ldflags}", f"{package}@{version}"],
+            home, genv, f"building {name} {version}", log)
+    seconds = round(time.monotonic() - t, 1)
+    (tmp / "stamp.json").write_text(json.dumps({name: version, "seconds": seconds}, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return seconds
+
+
 def coredns_dir() -> Path:
-    return cache_root() / f"realnode-coredns-{COREDNS_VERSION}"
+    return _tool_dir("coredns", COREDNS_VERSION)
 
 
 def coredns_bin() -> Path:
@@ -86,34 +120,16 @@ def coredns_bin() -> Path:
 
 
 def coredns_ready() -> bool:
-    try:
-        stamp = json.loads((coredns_dir() / "bin" / "stamp.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return stamp.get("coredns") == COREDNS_VERSION and os.access(coredns_bin(), os.X_OK)
+    return _tool_ready("coredns", COREDNS_VERSION)
 
 
 def build_coredns(log=sys.stderr) -> float:
     """Build CoreDNS into coredns_dir()/bin; returns the seconds it took."""
-    go = cp_build.find_go()
-    out = coredns_dir() / "bin"
-    tmp = coredns_dir() / "bin.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t = time.monotonic()
-    print(f"building coredns {COREDNS_VERSION}", file=log, flush=True)
-    genv = dict(cp_build._go_env(), GOBIN=str(tmp), GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
-    _run_go([str(go), "install", "-trimpath", "-ldflags=-s -w", f"github.com/coredns/coredns@{COREDNS_VERSION}"],
-            coredns_dir(), genv, f"building coredns {COREDNS_VERSION}", log)
-    seconds = round(time.monotonic() - t, 1)
-    (tmp / "stamp.json").write_text(json.dumps({"coredns": COREDNS_VERSION, "seconds": seconds}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return seconds
+    return _install_tool("coredns", COREDNS_VERSION, "github.com/coredns/coredns", log)
 
 
 def kube_router_dir() -> Path:
-    return cache_root() / f"realnode-kube-router-{KUBE_ROUTER_VERSION}"
+    return _tool_dir("kube-router", KUBE_ROUTER_VERSION)
 
 
 def kube_router_bin() -> Path:
@@ -121,32 +137,14 @@ def kube_router_bin() -> Path:
 
 
 def kube_router_ready() -> bool:
-    try:
-        stamp = json.loads((kube_router_dir() / "bin" / "stamp.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return stamp.get("kube-router") == KUBE_ROUTER_VERSION and os.access(kube_router_bin(), os.X_OK)
+    return _tool_ready("kube-router", KUBE_ROUTER_VERSION)
 
 
 def build_kube_router(log=sys.stderr) -> float:
     """Build kube-router into kube_router_dir()/bin; returns the seconds it took."""
-    go = cp_build.find_go()
-    out = kube_router_dir() / "bin"
-    tmp = kube_router_dir() / "bin.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t = time.monotonic()
-    print(f"building kube-router {KUBE_ROUTER_VERSION}", file=log, flush=True)
-    genv = dict(cp_build._go_env(), GOBIN=str(tmp), GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
-    ver = f"-X {KUBE_ROUTER_MODULE}/pkg/version.Version={KUBE_ROUTER_VERSION}"
-    _run_go([str(go), "install", "-trimpath", f"-ldflags=-s -w {ver}",
-             f"{KUBE_ROUTER_MODULE}/cmd/kube-router@{KUBE_ROUTER_VERSION}"],
-            kube_router_dir(), genv, f"building kube-router {KUBE_ROUTER_VERSION}", log)
-    seconds = round(time.monotonic() - t, 1)
-    (tmp / "stamp.json").write_text(json.dumps({"kube-router": KUBE_ROUTER_VERSION, "seconds": seconds}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return seconds
+    version = f"-X {KUBE_ROUTER_MODULE}/pkg/version.Version={KUBE_ROUTER_VERSION}"
+    return _install_tool("kube-router", KUBE_ROUTER_VERSION, f"{KUBE_ROUTER_MODULE}/cmd/kube-router", log,
+                         ldflags=f"-s -w {version}")
 
 
 def _stamp() -> dict:

@@ -54,6 +54,20 @@ def kubectl() -> Path:
     return p
 
 
+def wait_crd_established(kubeconfig: Path | str, crd: str, timeout: float = 60.0) -> bool:
+    """Poll `crd`'s Established condition; True once it is. Polled rather than `kubectl wait`, which
+    (kubectl 1.37) fails at once on a CRD that has no conditions yet, as a loaded apiserver leaves a
+    CRD just created for a moment."""
+    argv = [str(kubectl()), "--kubeconfig", str(kubeconfig), "get", f"crd/{crd}", "-o",
+            'jsonpath={.status.conditions[?(@.type=="Established")].status}']
+    deadline = time.monotonic() + timeout
+    while subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout.strip() != "True":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return True
+
+
 def weed() -> Path:
     p = _venv_script("weed")
     if p is None:
