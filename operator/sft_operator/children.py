@@ -17,7 +17,7 @@ from sft_api.contract import (GROUP, KIND, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL
                               PREFLIGHT_COMPONENT, PRIORITY_CLASS_LABEL, QUEUE_LABEL, TAS_ANNOTATION_PREFIX,
                               TIME_BUDGET_ANNOTATION, VERSION)
 
-from .conditions import NON_RETRYABLE_EXIT_CODES
+from .conditions import INTERRUPTED_EXIT_CODE, NON_RETRYABLE_EXIT_CODES
 from .rbac import trainer_rules
 from .settings import OperatorSettings
 
@@ -393,6 +393,12 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
                         },
                     },
                     {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                    # Exit 75 (SIGTERM, checkpoint committed) fails the Job as backoffLimit 0 would, but
+                    # its message keeps the pod and the code for when the deleted pod is already gone.
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [INTERRUPTED_EXIT_CODE]},
+                    },
                 ]
             },
             # Kueue admits the Job by unsuspending it.

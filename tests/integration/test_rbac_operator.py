@@ -162,15 +162,21 @@ def test_node_names_poll_lists_metadata_only_and_reports_a_vanished_node(kube_ap
         assert name not in nodes.names()
         assert gone_calls == [frozenset({name})]
         assert nodes.poll() == frozenset() and len(gone_calls) == 1
-        # A pass asks about its pods' nodes: a node created after the last list is not lost (a fresh
-        # list finds it); one deleted since is.
+        # A pass asks about its pods' nodes: a node created just after the last list (well under a
+        # poll interval) is not lost, since a consistent list started after the question finds it; one
+        # deleted since is.
         late = f"late-{secrets.token_hex(3)}"
+        nodes.poll()
         core.create_node({"metadata": {"name": late, "labels": {"sft.dev/test": "nodes"}}})
-        nodes.min_refresh = 0.0
         assert late not in nodes.names() and nodes.missing([late, None]) == frozenset()
         assert late in nodes.names()
         assert nodes.missing([late, name]) == frozenset({name})
         core.delete_node(late)
+        # a known node that goes is the poll's to find (on_gone), and then it is missing
+        deadline = time.monotonic() + 10
+        while late in nodes.names() and time.monotonic() < deadline:
+            nodes.poll(consistent=True)
+        assert gone_calls[-1] == frozenset({late}) and nodes.missing([late]) == frozenset({late})
     finally:
         for node in core.list_node(label_selector="sft.dev/test=nodes").items:
             core.delete_node(node.metadata.name)

@@ -79,21 +79,29 @@ def pod_failure(pod: PodObs, missing_nodes: frozenset[str] | set[str] = frozense
     return Failure(Reason.POD_FAILED, f"{pod.label} failed: {why} {pod.status_message or ''}".strip(), pod.name, pod.node)
 
 
-_EXIT = re.compile(r"failed with exit code (\d+)")
+_EXIT = re.compile(r"(?:for pod [^/\s]+/(?P<pod>\S+) )?failed with exit code (?P<code>\d+)")
 
 
 def _job_failure(job: JobObs) -> Failure | None:
-    """Fallback when the Job failed but the failed pod is no longer visible."""
+    """Fallback when the Job failed but the failed pod is no longer visible (a deleted pod goes once
+    the Job controller has counted it): the Job's podFailurePolicy message names the pod and the exit
+    code of the rule it matched."""
     if job.failed_reason is None:
         return None
     disrupted = job_disruption(job)
     if disrupted is not None:
         return Failure(disrupted[0], disrupted[1])
     m = _EXIT.search(job.failed_message or "")
-    if m and int(m.group(1)) in NON_RETRYABLE_EXIT_CODES:
-        code = int(m.group(1))
-        return Failure(NON_RETRYABLE_EXIT_CODES[code], f"Job {job.name}: exit code {code}: {job.failed_message}", exit_code=code)
-    return Failure(Reason.POD_FAILED, f"Job {job.name} failed ({job.failed_reason}): {job.failed_message}")
+    if m is None:
+        return Failure(Reason.POD_FAILED, f"Job {job.name} failed ({job.failed_reason}): {job.failed_message}")
+    code, pod = int(m.group("code")), m.group("pod")
+    if code in NON_RETRYABLE_EXIT_CODES:
+        reason = NON_RETRYABLE_EXIT_CODES[code]
+        return Failure(reason, f"Job {job.name}: exit code {code} ({reason}): {job.failed_message}", pod, exit_code=code)
+    if code == INTERRUPTED_EXIT_CODE:
+        msg = f"pod {pod} stopped on SIGTERM after committing a checkpoint (exit code {code}); Job {job.name}: {job.failed_message}"
+        return Failure(Reason.INTERRUPTED, msg, pod, exit_code=code)
+    return Failure(Reason.POD_FAILED, f"Job {job.name} failed ({job.failed_reason}): {job.failed_message}", pod, exit_code=code)
 
 
 def classify(job: JobObs | None, pods: Iterable[PodObs], missing_nodes: frozenset[str] | set[str] = frozenset()) -> Failure | None:

@@ -57,6 +57,7 @@ def test_indexed_job_gang_shape():
     rules = job["podFailurePolicy"]["rules"]
     assert rules[0]["onExitCodes"]["values"] == [64, 65, 66, 67] and rules[0]["action"] == "FailJob"
     assert rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    assert rules[2]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [75]} and rules[2]["action"] == "FailJob"
     assert job["suspend"] is False
 
 

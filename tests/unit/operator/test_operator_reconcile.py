@@ -208,6 +208,14 @@ def test_job_failure_without_visible_pod_is_classified_from_the_job():
     msg = "Container trainer for pod ns/demo-a1-0-x failed with exit code 64 matching FailJob rule at index 0"
     r = run(body, obs([kjob(failed=1, failed_reason="PodFailurePolicy", failed_message=msg)], []))
     assert r.status["phase"] == "Failed" and cond(r, "Failed")["reason"] == "DataError"
+    # A deleted pod that stopped on SIGTERM after a checkpoint (exit 75) is gone once the Job counted it:
+    # the Job's rule-2 message still makes it a preemption, with the pod and the code.
+    msg = "Container trainer for pod ns/demo-a1-0-x failed with exit code 75 matching FailJob rule at index 2"
+    r = run(body, obs([kjob(failed=1, failed_reason="PodFailurePolicy", failed_message=msg)], []))
+    assert r.status["preemptions"] == 1 and r.status.get("restarts", 0) == 0, r.status
+    assert r.status["lastFailure"] == {**r.status["lastFailure"], "reason": "Interrupted", "pod": "demo-a1-0-x", "exitCode": 75}
+    r = run(body, obs([kjob(failed=1, failed_reason="BackoffLimitExceeded", failed_message="Job has reached the specified backoff limit")], []))
+    assert r.status["restarts"] == 1 and r.status["lastFailure"]["reason"] == "PodFailed"
 
 
 def test_restart_is_counted_once_across_repeated_passes():
