@@ -43,7 +43,7 @@ import kopf
 from sft_api.contract import FINALIZER
 
 from . import metrics
-from .apply import (ApiError, ChildRefused, Conflict, KubeApi, PermanentError, TemporaryError, classify, live_content,
+from .apply import (WRITE_THREADS, ApiError, ChildRefused, Conflict, KubeApi, PermanentError, TemporaryError, classify, live_content,
                     write_result)
 from .children import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
 from .policies import kueue
@@ -181,7 +181,7 @@ class _State:
     @property
     def api(self) -> KubeApi:
         if self._api is None:
-            self._api = KubeApi(pool_size=self.settings.workers + 4)
+            self._api = KubeApi(pool_size=self.settings.workers + WRITE_THREADS + 4)  # a pass's writes run at once
         return self._api
 
 
