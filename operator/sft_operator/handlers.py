@@ -482,16 +482,45 @@ def _process(key: tuple[str, str]) -> float | None:
     return result.requeue_after if result is not None else None
 
 
-def _trigger(namespace: str | None, name: str | None, kwargs: Mapping, *, now: bool = False) -> None:
-    """Queue the SFTJob: at once (`now`: a job not seen before), else after the coalescing delay."""
+def _trigger(namespace: str | None, name: str | None, kwargs: Mapping, *, urgent: bool = False) -> None:
+    """Queue the SFTJob: `urgent` (a job not seen before, a child that finished or went) at once and
+    ahead of the rest, else after the coalescing delay."""
     if not namespace or not name:
         return
     if not STATE.indices:
         STATE.indices = {k: kwargs.get(k) for k in ("sft_child_jobs", "sft_child_pods", *RBAC_INDICES)}
-    if now or STATE.settings.coalesce_seconds <= 0:
-        STATE.queue.add((namespace, name))
+    if urgent or STATE.settings.coalesce_seconds <= 0:
+        STATE.queue.add((namespace, name), urgent=urgent)
     else:
         STATE.queue.add_soon((namespace, name), STATE.settings.coalesce_seconds)
+
+
+def sftjob_event_is_urgent(before: Mapping | None, body: Mapping) -> bool:
+    """A job not seen before, a spec change (a new generation: suspend, resume, an edit) or a delete;
+    not the status patches (ours, the trainer's progress)."""
+    if before is None:
+        return True
+    meta, old = body.get("metadata") or {}, before.get("metadata") or {}
+    return bool(meta.get("deletionTimestamp")) or meta.get("generation") != old.get("generation")
+
+
+def pod_event_is_urgent(event_type: str | None, body: Mapping) -> bool:
+    """A pod that went, is going, or whose trainer finished: a restart, a teardown or a success to act
+    on. Its other events (scheduled, started, ready) only change status."""
+    if event_type == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return True
+    status = body.get("status") or {}
+    if status.get("phase") in ("Failed", "Succeeded"):
+        return True
+    return any((c.get("state") or {}).get("terminated") for c in status.get("containerStatuses") or ())
+
+
+def job_event_is_urgent(event_type: str | None, body: Mapping) -> bool:
+    """A Job that went, is going, or finished (Complete or Failed)."""
+    if event_type == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return True
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (body.get("status") or {}).get("conditions") or ())
 
 
 def _nodes_gone(gone: frozenset[str]) -> None:
@@ -501,7 +530,7 @@ def _nodes_gone(gone: frozenset[str]) -> None:
         return
     for key, pods in list(pods_idx.items()):
         if any(p.node in gone for p in pods):
-            STATE.queue.add(key)
+            STATE.queue.add(key, urgent=True)
 
 
 # -- triggers: they only queue the SFTJob ---------------------------------------------------------------
@@ -513,9 +542,10 @@ async def sftjob_event(type: str | None, name: str, namespace: str, **kwargs: An
         _gone((namespace, name))
         return
     key = (namespace, name)
-    seen = STATE.bodies.get(key) is not None
-    STATE.bodies.offer(key, (kwargs.get("event") or {}).get("object"))
-    _trigger(namespace, name, kwargs, now=not seen)
+    before = STATE.bodies.get(key)
+    body = (kwargs.get("event") or {}).get("object") or {}
+    STATE.bodies.offer(key, body)
+    _trigger(namespace, name, kwargs, urgent=sftjob_event_is_urgent(before, body))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=load_settings().resync_seconds, sharp=False)
@@ -525,9 +555,9 @@ async def sftjob_resync(name: str, namespace: str, **kwargs: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 async def child_job_event(namespace: str, labels: Mapping, **kwargs: Any) -> None:
-    _trigger(namespace, labels.get(LABEL_JOB), kwargs)
+    _trigger(namespace, labels.get(LABEL_JOB), kwargs, urgent=job_event_is_urgent(kwargs.get("type"), kwargs.get("body") or {}))
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
 async def child_pod_event(namespace: str, labels: Mapping, **kwargs: Any) -> None:
-    _trigger(namespace, labels.get(LABEL_JOB), kwargs)
+    _trigger(namespace, labels.get(LABEL_JOB), kwargs, urgent=pod_event_is_urgent(kwargs.get("type"), kwargs.get("body") or {}))

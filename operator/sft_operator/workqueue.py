@@ -10,6 +10,11 @@
   TemporaryError that knows when to retry) waits that long instead; one marked `permanent` is not
   retried (the next trigger of the key runs it again), as kopf treats PermanentError.
 
+- an `urgent` add goes to a lane that workers empty first: a new SFTJob, a pod or Job that finished
+  or went, a lost node. Those are the passes that create or tear down children (apply -> Job,
+  failure -> next attempt); the passes of status changes wait behind them. A burst of 1000 new jobs
+  otherwise queued each new job behind the earlier jobs' pod-progress passes (12 per job).
+
 kopf handlers only `add()` keys and return at once, so a slow apiserver never blocks kopf's own
 event processing (a blocked handler would delay every other object's events).
 """
@@ -40,9 +45,12 @@ class WorkQueue:
         self._cv = threading.Condition(self._lock)  # workers wait here
         self._delay_cv = threading.Condition(self._lock)  # the delay thread waits here
         self._queue: deque[Hashable] = deque()
+        self._urgent: deque[Hashable] = deque()  # drained first; a key may also sit in _queue (skipped)
         self._queued: set[Hashable] = set()
+        self._queued_urgent: set[Hashable] = set()
         self._active: set[Hashable] = set()
         self._again: set[Hashable] = set()
+        self._again_urgent: set[Hashable] = set()
         self._failures: dict[Hashable, int] = {}
         self._due: dict[Hashable, float] = {}  # key -> monotonic time of its delayed add
         self._heap: list[tuple[float, int, Hashable]] = []
@@ -70,21 +78,33 @@ class WorkQueue:
             t.join(timeout)
         self._threads = []
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, urgent: bool = False) -> None:
         with self._lock:
-            self._add_locked(key)
+            self._add_locked(key, urgent)
 
-    def _add_locked(self, key: Hashable) -> None:
+    def _add_locked(self, key: Hashable, urgent: bool = False) -> None:
         if key in self._active:
             self._again.add(key)  # it changed while being processed: once more afterwards
+            if urgent:
+                self._again_urgent.add(key)
+            return
+        if urgent and key not in self._queued_urgent:
+            self._queued.add(key)
+            self._queued_urgent.add(key)
+            self._urgent.append(key)  # an entry of the key in the normal lane is skipped once it ran
+            self._cv.notify()
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.append(key)
             self._cv.notify()
 
-    def add_soon(self, key: Hashable, seconds: float) -> None:
+    def add_soon(self, key: Hashable, seconds: float, urgent: bool = False) -> None:
         """A trigger that may wait `seconds` for the next ones of the same key (one pass for a burst):
-        nothing when the key is queued (that pass reads the newest state) or due sooner already."""
+        nothing when the key is queued (that pass reads the newest state) or due sooner already. An
+        urgent one is added now."""
+        if urgent:
+            self.add(key, urgent=True)
+            return
         with self._lock:
             if key in self._queued:
                 return
@@ -120,7 +140,7 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._queue)
+            return len(self._queued)
 
     def _delays(self) -> None:
         with self._lock:
@@ -137,12 +157,18 @@ class WorkQueue:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._stopped:
-                    self._cv.wait()
-                if self._stopped:
-                    return
-                key = self._queue.popleft()
+                key = None
+                while key is None:
+                    while not (self._urgent or self._queue) and not self._stopped:
+                        self._cv.wait()
+                    if self._stopped:
+                        return
+                    lane = self._urgent if self._urgent else self._queue
+                    key = lane.popleft()
+                    if key not in self._queued:
+                        key = None  # a stale entry: the key ran from the other lane already
                 self._queued.discard(key)
+                self._queued_urgent.discard(key)
                 self._active.add(key)
             try:
                 self._once(key)
@@ -151,10 +177,9 @@ class WorkQueue:
                     self._active.discard(key)
                     if key in self._again:
                         self._again.discard(key)
-                        if key not in self._queued:
-                            self._queued.add(key)
-                            self._queue.append(key)
-                            self._cv.notify()
+                        urgent = key in self._again_urgent
+                        self._again_urgent.discard(key)
+                        self._add_locked(key, urgent)
 
     def _once(self, key: Hashable) -> None:
         try:

@@ -197,3 +197,59 @@ def test_add_soon_makes_one_pass_of_a_burst_and_skips_a_key_already_queued():
         assert len(times) == 2
     finally:
         q.stop()
+
+
+def test_urgent_keys_run_before_the_queued_ones_and_each_key_runs_once():
+    gate = threading.Event()
+    runs: list[str] = []
+
+    def process(key):
+        if key == "block":
+            gate.wait(5)
+            return None
+        runs.append(key)
+        return None
+
+    q = WorkQueue(process, workers=1)
+    q.start()
+    try:
+        q.add("block")
+        wait_for(lambda: len(q) == 0)  # "block" is being processed
+        for k in ("s1", "s2", "s3", "moved"):
+            q.add(k)  # status changes, queued in order
+        q.add("new", urgent=True)  # a new SFTJob
+        q.add("moved", urgent=True)  # a pod of a queued job failed: it jumps the line, and runs once
+        q.add("new", urgent=True)
+        assert len(q) == 5
+        gate.set()
+        wait_for(lambda: len(runs) == 5)
+        time.sleep(0.2)
+        assert runs == ["new", "moved", "s1", "s2", "s3"]
+    finally:
+        q.stop()
+
+
+def test_an_urgent_trigger_during_a_pass_runs_the_key_again_in_the_urgent_lane():
+    gate = threading.Event()
+    runs: list[str] = []
+
+    def process(key):
+        runs.append(key)
+        if key == "k" and runs.count("k") == 1:
+            gate.wait(5)
+        return None
+
+    q = WorkQueue(process, workers=1)
+    q.start()
+    try:
+        q.add("k")
+        wait_for(lambda: runs == ["k"])
+        q.add("other")
+        q.add("k", urgent=True)  # its pod failed while its pass ran
+        gate.set()
+        wait_for(lambda: len(runs) == 3)
+        assert runs == ["k", "k", "other"]
+        q.add_soon("late", 5.0, urgent=True)  # urgent ignores the coalescing delay
+        wait_for(lambda: "late" in runs, timeout=1.0)
+    finally:
+        q.stop()
