@@ -43,13 +43,16 @@ def operator_identity(kube_api, namespace):
     rbac.delete_cluster_role(role)
 
 
-def one_pass(kapi: KubeApi, namespace: str, name: str):
+def _one_pass(kapi: KubeApi, namespace: str, name: str, events: list | None = None):
+    """One reconcile pass written with the operator's rights; the events it meant to post go to `events`."""
     body = kapi.get("SFTJob", namespace, name)
     sel = f"sft.dev/job-name={name}"
     nodes = [n["metadata"]["name"] for n in kapi.request("GET", "/api/v1/nodes")["items"]]
     obs = observe(name, kapi.list("Job", namespace, sel), kapi.list("Pod", namespace, sel), nodes)
     result = reconcile(body, obs, datetime.now(timezone.utc), OperatorSettings(trainer_image="t:1"), validate=validate_body)
     write_result(kapi, body, result)
+    if events is not None:
+        events += [e.reason for e in result.events]
     return result
 
 
@@ -57,6 +60,11 @@ def test_operator_can_do_its_work(kube_api, namespace, sftjob_crd, operator_iden
     api, _ = operator_identity
     create_sftjob(kube_api, "work", namespace, ttlSecondsAfterFinished=0)
     kapi = KubeApi(api)
+    meant: list[str] = []  # every event the passes produced: each one must be posted
+
+    def one_pass(kapi, namespace, name):
+        return _one_pass(kapi, namespace, name, meant)
+
     r = one_pass(kapi, namespace, "work")  # the preflight first: the attempt's ConfigMap and a CPU-only Job
     assert [(o["kind"], o["metadata"]["name"]) for o in r.apply] == [("ConfigMap", "work-a1-config"), ("Job", "work-a1-preflight")]
     [check] = kwok_pods.wait_for_pods(namespace, "sft.dev/job-name=work,sft.dev/component=preflight", 1)
@@ -91,6 +99,8 @@ def test_operator_can_do_its_work(kube_api, namespace, sftjob_crd, operator_iden
     assert status_code(lambda: client.NetworkingV1Api(kube_api).read_namespaced_network_policy("work-trainer", namespace)) == 404
     events = client.CoreV1Api(kube_api).list_namespaced_event(namespace, field_selector="involvedObject.name=work").items
     assert {"PreflightPassed", "AttemptCreated", "PodFailed", "Completed", "TTLExpired"} <= {e.reason for e in events}
+    # all of them, whatever else the pass wrote (a pass with no annotation patch once posted none)
+    assert sorted(e.reason for e in events) == sorted(meant), (sorted(e.reason for e in events), sorted(meant))
 
 
 def test_operator_cannot_read_secrets_or_touch_unrelated_resources(kube_api, namespace, operator_identity):
