@@ -71,6 +71,20 @@ def _dns_name(base: str, suffix: str, limit: int = 63) -> str:
     return f"{base[:keep].rstrip('-')}-{digest}{suffix}"
 
 
+# The Job's podFailurePolicy (with backoffLimit 0 every pod failure fails the Job; the rules keep the
+# reason in the Job's condition for when the failed pod is already gone). Rule indices are read back by
+# policies/preemption.py (1: DisruptionTarget) and policies/restart_policy.py (the exit code).
+POD_FAILURE_POLICY = {
+    "rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": sorted(NON_RETRYABLE_EXIT_CODES)}},
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        # Exit 75 (SIGTERM, checkpoint committed) fails the Job as backoffLimit 0 would, but its
+        # message keeps the pod and the code for when the deleted pod is already gone.
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [INTERRUPTED_EXIT_CODE]}},
+    ]
+}
+
+
 def job_name(name: str, attempt: int) -> str:
     # Pod hostnames are `<job>-<index>`; keep room for the index within 63 characters.
     return _dns_name(name, f"-a{attempt}", limit=56)
@@ -382,25 +396,7 @@ def _job(name: str, namespace: str, attempt: int, body: Mapping, spec: Mapping, 
             "parallelism": nodes,
             # The operator restarts the whole gang itself: one pod failure fails the Job.
             "backoffLimit": 0,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": CONTAINER,
-                            "operator": "In",
-                            "values": sorted(NON_RETRYABLE_EXIT_CODES),
-                        },
-                    },
-                    {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                    # Exit 75 (SIGTERM, checkpoint committed) fails the Job as backoffLimit 0 would, but
-                    # its message keeps the pod and the code for when the deleted pod is already gone.
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [INTERRUPTED_EXIT_CODE]},
-                    },
-                ]
-            },
+            "podFailurePolicy": copy.deepcopy(POD_FAILURE_POLICY),
             # Kueue admits the Job by unsuspending it.
             "suspend": bool(queue),
             "template": {"metadata": {"labels": dict(lbls), **topology_annotations(body)}, "spec": pod_spec},

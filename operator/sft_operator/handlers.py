@@ -50,6 +50,7 @@ from .policies import kueue
 from .observe import Observation, observation, observe_job, observe_pod, parse_time
 from .reconcile import Result, child_create_failed, reconcile, validate_body
 from .settings import OperatorSettings, load_settings
+from .failed_creates import FailedCreates
 from .nodes import NodeNames
 from .workqueue import WorkQueue
 
@@ -176,6 +177,7 @@ class _State:
         self.bodies = BodyCache()
         self.expected = Expectations()
         self.pod_create_looks = PodCreateLooks()
+        self.failed_creates = FailedCreates(lambda: self.api.api_client, on_event=lambda ns, job: _failed_create(ns, job))
         self.metrics_server = None
 
     @property
@@ -227,6 +229,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
     STATE.nodes.interval = STATE.settings.node_poll_seconds
     STATE.nodes.start()
+    STATE.failed_creates.start()
     STATE.queue.start()
     log.info("sft-operator configured", extra={"settings": STATE.settings.describe()})
 
@@ -234,6 +237,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.cleanup()
 def stop_workers(**_: Any) -> None:
     STATE.nodes.stop()
+    STATE.failed_creates.stop()
     STATE.queue.stop()
 
 
@@ -310,6 +314,9 @@ def _with_pod_create_errors(api: KubeApi, body: Mapping, obs: Observation) -> tu
     if job.suspended or job.finished or pods:
         STATE.pod_create_looks.done(looks_key)
         return obs, None
+    if STATE.failed_creates.synced:  # the watch has them: no request, and its events trigger the pass
+        message = STATE.failed_creates.message(meta.get("namespace"), job.name)
+        return (replace(obs, pod_create_errors={job.name: message}) if message else obs), None
     wait = STATE.pod_create_looks.may_look(looks_key, time.monotonic())
     if wait > 0:
         return obs, wait
@@ -368,6 +375,7 @@ def _gone(key: tuple[str, str]) -> None:
     STATE.bodies.forget(key)
     STATE.expected.forget(key)
     STATE.pod_create_looks.forget(f"{key[0]}/{key[1]}-")
+    STATE.failed_creates.forget(key[0], f"{key[1]}-")
 
 
 def _skip_applies(result: Result) -> None:
@@ -505,9 +513,10 @@ def sftjob_event_is_urgent(before: Mapping | None, body: Mapping) -> bool:
 
 
 def pod_event_is_urgent(event_type: str | None, body: Mapping) -> bool:
-    """A pod that went, is going, or whose trainer finished: a restart, a teardown or a success to act
-    on. Its other events (scheduled, started, ready) only change status."""
-    if event_type == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
+    """A pod that is gone (what a next attempt waits for) or whose trainer finished: a restart, a
+    teardown or a success to act on. Its other events (scheduled, started, ready, being deleted) only
+    change status: a pod being deleted blocks the next attempt until it is gone."""
+    if event_type == "DELETED":
         return True
     status = body.get("status") or {}
     if status.get("phase") in ("Failed", "Succeeded"):
@@ -516,11 +525,22 @@ def pod_event_is_urgent(event_type: str | None, body: Mapping) -> bool:
 
 
 def job_event_is_urgent(event_type: str | None, body: Mapping) -> bool:
-    """A Job that went, is going, or finished (Complete or Failed)."""
-    if event_type == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
+    """A Job that is gone or finished (Complete or Failed)."""
+    if event_type == "DELETED":
         return True
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (body.get("status") or {}).get("conditions") or ())
+
+
+def _failed_create(namespace: str, job: str) -> None:
+    """A FailedCreate event for Job `job`: queue the SFTJob it belongs to (none: not ours)."""
+    jobs_idx = STATE.indices.get("sft_child_jobs")
+    if jobs_idx is None:
+        return
+    for key, jobs in list(jobs_idx.items()):
+        if key[0] == namespace and any(j.name == job for j in jobs):
+            STATE.queue.add(key, urgent=True)
+            return
 
 
 def _nodes_gone(gone: frozenset[str]) -> None:

@@ -35,7 +35,7 @@ OPERATOR_RULES: list[dict] = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     # An Event for every transition (core/v1, as kopf and kubectl describe use); list: the Job
     # controller's FailedCreate events of a Job whose pods the apiserver refuses (quota, PodSecurity).
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list", "watch"]},
     # Kueue's Workload of a queued child Job, for its admission message (why it waits) in status.
     {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list"]},
     # kopf: peering (HA), and its resource/namespace observers.

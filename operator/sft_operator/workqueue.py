@@ -11,7 +11,7 @@
   retried (the next trigger of the key runs it again), as kopf treats PermanentError.
 
 - an `urgent` add goes to a lane that workers empty first: a new SFTJob, a pod or Job that finished
-  or went, a lost node. Those are the passes that create or tear down children (apply -> Job,
+  or is gone, a lost node. Those are the passes that create or tear down children (apply -> Job,
   failure -> next attempt); the passes of status changes wait behind them. A burst of 1000 new jobs
   otherwise queued each new job behind the earlier jobs' pod-progress passes (12 per job).
 

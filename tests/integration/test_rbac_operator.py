@@ -190,3 +190,38 @@ def test_node_names_poll_lists_metadata_only_and_reports_a_vanished_node(kube_ap
     finally:
         for node in core.list_node(label_selector="sft.dev/test=nodes").items:
             core.delete_node(node.metadata.name)
+
+
+def test_failed_creates_watch_sees_a_refused_pod_with_the_operators_rights(kube_api, namespace, operator_identity):
+    """failed_creates.FailedCreates under the operator's ClusterRole: the Job controller's FailedCreate
+    event for a Job whose pods a ResourceQuota refuses arrives through the watch (no list per pass),
+    with the quota's message, and names the Job to the callback."""
+    from sft_operator.failed_creates import FailedCreates
+
+    api, _ = operator_identity
+    core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
+    seen: list[tuple[str, str]] = []
+    watch = FailedCreates(lambda: api, on_event=lambda ns, job: seen.append((ns, job)), timeout_seconds=20)
+    watch.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not watch.synced and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert watch.synced, "the first list of FailedCreate events did not succeed with the operator's rights"
+        assert watch.message(namespace, "refused-a1") is None
+        batch.create_namespaced_job(namespace, {
+            "metadata": {"name": "refused-a1"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                {"name": "c", "image": "busybox:1", "resources": {"limits": {"cpu": "10m", "memory": "8Mi"}}}]}}},
+        })
+        deadline = time.monotonic() + 60
+        while (namespace, "refused-a1") not in seen and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (namespace, "refused-a1") in seen, seen
+        msg = watch.message(namespace, "refused-a1")
+        assert msg and "exceeded quota: no-pods" in msg and not msg.startswith("Error creating"), msg
+        watch.forget(namespace, "refused-")
+        assert watch.message(namespace, "refused-a1") is None
+    finally:
+        watch.stop()

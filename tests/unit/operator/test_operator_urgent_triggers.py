@@ -19,7 +19,7 @@ def _pod(phase="Running", deleting=False, terminated=False):
     pytest.param("MODIFIED", _pod("Running", terminated=True), True, id="container-exited-phase-not-yet"),
     pytest.param("MODIFIED", _pod("Failed"), True, id="failed"),
     pytest.param("MODIFIED", _pod("Succeeded"), True, id="succeeded"),
-    pytest.param("MODIFIED", _pod("Running", deleting=True), True, id="being-deleted"),
+    pytest.param("MODIFIED", _pod("Running", deleting=True), False, id="being-deleted-still-blocks"),
     pytest.param("DELETED", _pod("Running"), True, id="gone"),
 ])
 def test_pod_events(event, body, urgent):
@@ -33,6 +33,7 @@ def test_job_events():
     assert not job_event_is_urgent("MODIFIED", running)
     assert job_event_is_urgent("MODIFIED", failed) and job_event_is_urgent("MODIFIED", complete)
     assert job_event_is_urgent("DELETED", running)
+    assert not job_event_is_urgent("MODIFIED", {**running, "metadata": {"deletionTimestamp": "2026-12-01T00:00:00Z"}})
 
 
 def test_sftjob_events():
