@@ -4,6 +4,9 @@ against two checkouts of the operator (e.g. ``git archive <commit> operator api 
 
     python bench/operator_compare.py --before /tmp/op-before --after /tmp/op-after --jobs 60 --nodes 30
 
+The same checkout on both sides with a setting changed on one (``--before-env SFT_WRITE_THREADS=1``)
+measures what one change is worth alone.
+
 Writes bench/results/operator_scale_before_after.json: per side the runs and min/median/max of
 apply -> Job created (p50, p99), failure -> next attempt (p50, p99), the operator's CPU seconds per
 job, its apiserver requests and reconcile passes per job, plus the load average before each run.
@@ -51,8 +54,12 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=30)
     ap.add_argument("--fail", type=int, default=15)
     ap.add_argument("--baseline-jobs", type=int, default=0, help="plain Jobs per run for job_controller_baseline")
+    ap.add_argument("--before-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment setting for the before side's operator (repeatable)")
+    ap.add_argument("--after-env", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "operator_scale_before_after.json")
     a = ap.parse_args()
+    envs = {side: dict(kv.split("=", 1) for kv in getattr(a, f"{side}_env")) for side in ("before", "after")}
     work = Path(tempfile.mkdtemp(prefix="op-compare-"))
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for i in range(a.runs):
@@ -61,7 +68,8 @@ def main() -> int:
             load = os.getloadavg()[0]
             cmd = [sys.executable, str(REPO / "bench" / "operator_scale.py"), "--jobs", str(a.jobs), "--nodes",
                    str(a.nodes), "--fail", str(a.fail), "--baseline-jobs", str(a.baseline_jobs), "--operator-src", getattr(a, side), "--out", str(out)]
-            rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+            rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, **envs[side]}).returncode
             res = json.loads(out.read_text()) if out.exists() else {}
             res["load_average_1m_before"] = round(load, 2)
             res["rc"] = rc
@@ -70,7 +78,7 @@ def main() -> int:
             print(f"run {i + 1} {side}: rc {rc}, load {load:.1f}, {fig}", flush=True)
     report = {
         "benchmark": "operator_scale_before_after", "jobs": a.jobs, "nodes": a.nodes, "fail": a.fail,
-        "runs_per_side": a.runs, "before": a.before, "after": a.after,
+        "runs_per_side": a.runs, "sources": {"before": a.before, "after": a.after}, "env": envs,
         "etcd": next((r["etcd"] for rs in runs.values() for r in rs if r.get("etcd")), None),
         **{side: {k: spread([(r.get(s) or {}).get(f) for r in rs]) for k, (s, f) in FIGURES.items()}
            | {"load_average_1m_before": [r["load_average_1m_before"] for r in rs], "complete": [r.get("complete") for r in rs],
