@@ -9,8 +9,8 @@ the pods were merely slow to come.
 One watch with the field selector `involvedObject.kind=Job,reason=FailedCreate` streams only those
 events, so in the normal case it streams nothing. The latest message per Job is kept in memory; an
 event for a Job of an SFTJob triggers that SFTJob's pass (`on_event`), which reads the message from
-here. Until the first list has been read (`synced`), and if the watch cannot run (an older ClusterRole
-without `watch events`), callers fall back to the list.
+here. The first list ingests the events from before an operator restart and triggers their passes
+too. Without `watch events` (an older ClusterRole) the status just lacks the detail.
 """
 
 from __future__ import annotations
@@ -124,8 +124,6 @@ class FailedCreates:
                     rv = None
                     continue
                 failures += 1
-                if exc.status == 403:
-                    self._synced.clear()  # no `watch events`: the passes list instead
                 log.warning(f"watching FailedCreate events failed ({exc.status}); retrying")
                 rv = None
                 self._stop.wait(min(30.0, 2.0 ** min(failures, 5)))

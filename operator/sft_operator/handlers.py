@@ -125,44 +125,6 @@ class Expectations:
             self._jobs.pop(key, None)
 
 
-class PodCreateLooks:
-    """When a pass may list a pod-less Job's FailedCreate events: not in its first `grace` seconds
-    without pods (the Job controller is usually still creating them), then at most once every `every`
-    seconds. A list per pass cost 1.6 event LISTs per job at 1000 jobs (each one filters every event in
-    the namespace), nearly all while the pods were merely slow. `due()` says when the next look may
-    run, for the pass's requeue."""
-
-    def __init__(self, grace: float = 2.0, every: float = 5.0) -> None:
-        self.grace, self.every = grace, every
-        self._first: dict[str, float] = {}
-        self._looked: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def may_look(self, job: str, now: float) -> float:
-        """0: look now (and it is recorded); else the seconds until a look may run."""
-        with self._lock:
-            first = self._first.setdefault(job, now)
-            wait = max(first + self.grace, self._looked.get(job, float("-inf")) + self.every) - now
-            if wait > 0:
-                return wait
-            self._looked[job] = now
-            return 0.0
-
-    def done(self, job: str) -> None:
-        """The Job has pods (or is finished): forget it."""
-        with self._lock:
-            self._first.pop(job, None)
-            self._looked.pop(job, None)
-
-    def forget(self, prefix: str) -> None:
-        """The SFTJob is gone: forget its Jobs (`namespace/name-`; a sibling that shares the prefix
-        only starts its grace again)."""
-        with self._lock:
-            for key in [k for k in self._first if k.startswith(prefix)]:
-                self._first.pop(key, None)
-                self._looked.pop(key, None)
-
-
 class _State:
     """Process-wide state: settings, API client, the work queue, kopf's child indices, the body cache."""
 
@@ -176,7 +138,6 @@ class _State:
         self.nodes = NodeNames(lambda: self.api, interval=self.settings.node_poll_seconds, on_gone=lambda gone: _nodes_gone(gone))
         self.bodies = BodyCache()
         self.expected = Expectations()
-        self.pod_create_looks = PodCreateLooks()
         self.failed_creates = FailedCreates(lambda: self.api.api_client, on_event=lambda ns, job: _failed_create(ns, job))
         self.metrics_server = None
 
@@ -298,43 +259,20 @@ def _observation(key: tuple[str, str], jobs_idx, pods_idx, nodes: NodeNames | No
     return observation(jobs, pods, missing)
 
 
-def _with_pod_create_errors(api: KubeApi, body: Mapping, obs: Observation) -> tuple[Observation, float | None]:
+def _with_pod_create_errors(body: Mapping, obs: Observation) -> Observation:
     """Add the Job controller's latest FailedCreate message for the current attempt's Job (the gang's,
-    else the preflight's) when that Job has had no pod for a while: one list call (`PodCreateLooks`).
-    Also returns the seconds until the next look may run, when one was put off."""
+    else the preflight's) while that Job has no pod: from the watch (`failed_creates.py`), no request.
+    Its first list ingests the events from before a restart; until then, or without `watch events` in
+    an older ClusterRole, the status just lacks the detail."""
     attempt = int((body.get("status") or {}).get("attempt") or 0)
     job, pods = obs.job(attempt), obs.pods_of(attempt)
     if job is None:  # no gang yet: the preflight's Job and pod
         job = next((j for j in obs.preflight_jobs if j.attempt == attempt and not j.deleting), None)
         pods = [p for p in obs.preflight_pods if p.attempt == attempt]
-    if job is None:
-        return obs, None
-    meta = body.get("metadata") or {}
-    looks_key = f"{meta.get('namespace')}/{job.name}"
-    if job.suspended or job.finished or pods:
-        STATE.pod_create_looks.done(looks_key)
-        return obs, None
-    if STATE.failed_creates.synced:  # the watch has them: no request, and its events trigger the pass
-        message = STATE.failed_creates.message(meta.get("namespace"), job.name)
-        return (replace(obs, pod_create_errors={job.name: message}) if message else obs), None
-    wait = STATE.pod_create_looks.may_look(looks_key, time.monotonic())
-    if wait > 0:
-        return obs, wait
-    return _listed_pod_create_errors(api, meta, job, obs), None
-
-
-def _listed_pod_create_errors(api: KubeApi, meta: Mapping, job, obs: Observation) -> Observation:
-    selector = f"involvedObject.kind=Job,involvedObject.name={job.name},reason=FailedCreate"
-    try:
-        events = api.list("Event", meta.get("namespace"), field_selector=selector)
-    except ApiError as exc:  # e.g. an older ClusterRole without `list events`: status just lacks the detail
-        log.warning(f"FailedCreate events of Job {job.name} not readable: {exc}")
+    if job is None or job.suspended or job.finished or pods:
         return obs
-    if not events:
-        return obs
-    latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp") or "")
-    message = str(latest.get("message") or "").removeprefix("Error creating: ")
-    return replace(obs, pod_create_errors={job.name: message})
+    message = STATE.failed_creates.message((body.get("metadata") or {}).get("namespace"), job.name)
+    return replace(obs, pod_create_errors={job.name: message}) if message else obs
 
 
 def _with_queue_message(api: KubeApi, body: Mapping, obs: Observation) -> Observation:
@@ -374,7 +312,6 @@ def _gone(key: tuple[str, str]) -> None:
     metrics.forget_job(key)
     STATE.bodies.forget(key)
     STATE.expected.forget(key)
-    STATE.pod_create_looks.forget(f"{key[0]}/{key[1]}-")
     STATE.failed_creates.forget(key[0], f"{key[1]}-")
 
 
@@ -396,7 +333,7 @@ def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, no
         if body is None:
             _gone(key)
             return None
-        obs, look_in = _with_pod_create_errors(api, body, _observation(key, jobs_idx, pods_idx, nodes))
+        obs = _with_pod_create_errors(body, _observation(key, jobs_idx, pods_idx, nodes))
         obs = _with_queue_message(api, body, obs)
         now = datetime.now(timezone.utc)
         result = reconcile(body, obs, now, STATE.settings, validate=validate_body)
@@ -417,8 +354,6 @@ def reconcile_job(namespace: str, name: str, *, jobs_idx=None, pods_idx=None, no
             STATE.expected.created(key, result)
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         _record(key, body, result, now)
-        if look_in is not None and (result.requeue_after is None or look_in < result.requeue_after):
-            result.requeue_after = look_in  # a refused pod creates no event to trigger that look
         return result
     raise TemporaryError(f"SFTJob {namespace}/{name} kept changing during reconcile", delay=1.0)
 
