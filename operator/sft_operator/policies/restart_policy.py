@@ -65,18 +65,26 @@ def pod_failure(pod: PodObs, missing_nodes: frozenset[str] | set[str] = frozense
     if not pod.failed:
         return None
     code = pod.exit_code
-    if code in NON_RETRYABLE_EXIT_CODES:
-        reason = NON_RETRYABLE_EXIT_CODES[code]
-        return Failure(reason, f"{pod.label} exited with code {code} ({reason})", pod.name, pod.node, code)
-    if code == INTERRUPTED_EXIT_CODE:
-        msg = f"{pod.label} stopped on SIGTERM after committing a checkpoint (exit code {code})"
-        return Failure(Reason.INTERRUPTED, msg, pod.name, pod.node, code)
+    coded = _trainer_exit(code, pod.label, pod.name, pod.node)
+    if coded is not None:
+        return coded
     if pod.term_reason == "OOMKilled":
         return Failure(Reason.OOM_KILLED, f"{pod.label} was OOMKilled (exit code {code})", pod.name, pod.node, code)
     if code is not None:
         return Failure(Reason.POD_FAILED, f"{pod.label} exited with code {code}", pod.name, pod.node, code)
     why = pod.status_reason or "unknown reason"
     return Failure(Reason.POD_FAILED, f"{pod.label} failed: {why} {pod.status_message or ''}".strip(), pod.name, pod.node)
+
+
+def _trainer_exit(code: int | None, who: str, pod: str | None, node: str | None) -> Failure | None:
+    """The failures an exit code of the trainer names by itself: a non-retryable one, or 75 (stopped on
+    SIGTERM after committing a checkpoint)."""
+    if code in NON_RETRYABLE_EXIT_CODES:
+        reason = NON_RETRYABLE_EXIT_CODES[code]
+        return Failure(reason, f"{who} exited with code {code} ({reason})", pod, node, code)
+    if code == INTERRUPTED_EXIT_CODE:
+        return Failure(Reason.INTERRUPTED, f"{who} stopped on SIGTERM after committing a checkpoint (exit code {code})", pod, node, code)
+    return None
 
 
 _EXIT = re.compile(r"(?:for pod [^/\s]+/(?P<pod>\S+) )?failed with exit code (?P<code>\d+)")
@@ -95,12 +103,9 @@ def _job_failure(job: JobObs) -> Failure | None:
     if m is None:
         return Failure(Reason.POD_FAILED, f"Job {job.name} failed ({job.failed_reason}): {job.failed_message}")
     code, pod = int(m.group("code")), m.group("pod")
-    if code in NON_RETRYABLE_EXIT_CODES:
-        reason = NON_RETRYABLE_EXIT_CODES[code]
-        return Failure(reason, f"Job {job.name}: exit code {code} ({reason}): {job.failed_message}", pod, exit_code=code)
-    if code == INTERRUPTED_EXIT_CODE:
-        msg = f"pod {pod} stopped on SIGTERM after committing a checkpoint (exit code {code}); Job {job.name}: {job.failed_message}"
-        return Failure(Reason.INTERRUPTED, msg, pod, exit_code=code)
+    coded = _trainer_exit(code, f"pod {pod} of Job {job.name}" if pod else f"Job {job.name}", pod, None)
+    if coded is not None:
+        return coded
     return Failure(Reason.POD_FAILED, f"Job {job.name} failed ({job.failed_reason}): {job.failed_message}", pod, exit_code=code)
 
 
